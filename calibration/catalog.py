@@ -1,0 +1,180 @@
+"""Where curves come from: the shipped presets and the user's saved calibrations.
+
+Presets live in ``calibration/presets/`` inside the pack. Saved calibrations live
+in ComfyUI's models folder under ``magcache/`` (registered with ``folder_paths``,
+so ``extra_model_paths.yaml`` can add more places). Names typed by users are
+only ever looked up in these lists; they never become paths of their own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .curve import CurveError, MagnitudeCurve
+from .curve_file import SUFFIX, load_curve
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+#: ``folder_paths`` name of the saved-curves folder.
+FOLDER = "magcache"
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """Settings a curve's author recommends; the node's -1 inputs resolve to these."""
+
+    threshold: float = 0.12
+    max_skips: int = 3
+    retention: float = 0.2
+
+    @classmethod
+    def of(cls, curve: MagnitudeCurve) -> Recommended:
+        rec: dict[str, Any] = curve.metadata.get("recommended") or {}
+        d = cls()
+        return cls(
+            threshold=float(rec.get("threshold", d.threshold)),
+            max_skips=int(rec.get("max_skips", d.max_skips)),
+            retention=float(rec.get("retention", d.retention)),
+        )
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets, sorted."""
+    return sorted(p.stem for p in PRESETS_DIR.glob(f"*{SUFFIX}"))
+
+
+@lru_cache(maxsize=None)
+def load_preset(name: str) -> MagnitudeCurve:
+    """A shipped preset by name (cached: presets never change at run time)."""
+    if name not in preset_names():
+        raise CurveError(f"unknown preset '{name}'; the presets are: {', '.join(preset_names())}")
+    return load_curve(PRESETS_DIR / f"{name}{SUFFIX}", name=name)
+
+
+def register_folder() -> None:
+    """Register ``models/magcache`` with ComfyUI's ``folder_paths`` (idempotent)."""
+    import folder_paths
+
+    default = str(Path(folder_paths.models_dir) / FOLDER)
+    paths, exts = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    if default not in paths:
+        paths = [*paths, default]
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | {SUFFIX})
+
+
+def saved_curve_names() -> list[str]:
+    """File names of the user's saved curves, as ComfyUI lists them."""
+    import folder_paths
+
+    register_folder()
+    return sorted(n for n in folder_paths.get_filename_list(FOLDER) if n.endswith(SUFFIX))
+
+
+def saved_curve_path(name: str) -> Path:
+    """The file of a saved curve, refusing anything outside the curve folders."""
+    import folder_paths
+
+    if name not in saved_curve_names():
+        raise CurveError(
+            f"no saved curve named '{name}': pick an entry of the curve list, or run "
+            f"MagCache Calibrate to create it (saved curves live in models/{FOLDER}/)"
+        )
+    full = folder_paths.get_full_path(FOLDER, name)
+    if full is None:
+        raise CurveError(f"saved curve '{name}' disappeared from models/{FOLDER}/")
+    path = Path(full).resolve()
+    roots = [Path(p).resolve() for p in folder_paths.get_folder_paths(FOLDER)]
+    if not any(path.is_relative_to(root) for root in roots):
+        raise CurveError(f"saved curve '{name}' resolves outside the curve folders; refused")
+    return path
+
+
+def curve_choices() -> list[str]:
+    """The node's curve dropdown: auto, every preset, every saved curve."""
+    return [AUTO, *preset_names(), *saved_curve_names()]
+
+
+def load_named_curve(name: str) -> MagnitudeCurve:
+    """A preset or a saved curve by its dropdown name."""
+    if name in preset_names():
+        return load_preset(name)
+    return load_curve(saved_curve_path(name), name=name)
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def clean_curve_name(name: str) -> str:
+    """Turn a typed name into a safe file name inside the curve folder.
+
+    Path separators, ``..`` and every character outside ``A-Z a-z 0-9 . _ -``
+    are refused by being replaced with ``_``; leading dots are dropped so the
+    result is never hidden, relative or absolute. Raises on an empty result.
+    """
+    stem = name.strip()
+    if stem.endswith(SUFFIX):
+        stem = stem[: -len(SUFFIX)]
+    stem = _SAFE_NAME.sub("_", stem).replace("..", "_").lstrip(".")
+    if not stem.strip("_"):
+        raise CurveError(f"curve name {name!r} has no usable characters; use letters, digits, '.', '_' or '-'")
+    return stem[:100] + SUFFIX
+
+
+# -- automatic choice ---------------------------------------------------------
+
+#: ComfyUI model-config class -> preset, with size rules where one class covers
+#: several published models. Sources of the curves: see presets/PROVENANCE.md.
+_AUTO_BY_CONFIG: dict[str, str] = {
+    "WAN21_T2V": "wan2.1_t2v_1.3B",
+    "WAN21_I2V": "wan2.1_i2v_480p_14B",
+    "WAN21_FunControl2V": "wan2.1_i2v_480p_14B",
+    "WAN21_Vace": "wan2.1_vace_1.3B",
+    "WAN22_T2V": "wan2.2_ti2v_5B",
+    "HunyuanVideo": "hunyuan_video",
+    "HunyuanVideoI2V": "hunyuan_video",
+    "HunyuanVideoSkyreelsI2V": "hunyuan_video",
+    "HunyuanVideo15": "hunyuan_video1.5",
+    "Flux": "flux",
+    "FluxInpaint": "flux",
+    "FluxSchnell": "flux",
+    "Chroma": "chroma",
+    "ChromaRadiance": "chroma",
+    "QwenImage": "qwen_image",
+}
+
+#: Flow-matching families with no published curve: a stand-in curve is used,
+#: and the log line says so and recommends a calibration.
+_STAND_IN: dict[str, str] = {
+    "LTXV": "wan2.1_t2v_1.3B",
+    "GenmoMochi": "wan2.1_t2v_1.3B",
+    "SD3": "flux",
+    "AuraFlow": "flux",
+    "Kandinsky5": "wan2.1_t2v_1.3B",
+    "Kandinsky5Image": "flux",
+}
+
+
+def auto_curve(model_config_name: str, width: int | None) -> tuple[str | None, str]:
+    """Pick a preset for a loaded model; return ``(preset or None, note)``.
+
+    ``width`` is the hidden size of the diffusion model where known: it tells
+    Wan 2.1 1.3B (1536) from 14B (5120), for example.
+    """
+    name = _AUTO_BY_CONFIG.get(model_config_name)
+    if name is not None:
+        if name == "wan2.1_t2v_1.3B" and width is not None and width >= 4096:
+            name = "wan2.1_t2v_14B"
+        if name == "wan2.1_vace_1.3B" and width is not None and width >= 4096:
+            name = "wan2.1_vace_14B"
+        return name, f"auto-selected for {model_config_name}"
+    name = _STAND_IN.get(model_config_name)
+    if name is not None:
+        return name, (
+            f"no published curve for {model_config_name}; using the '{name}' curve as a stand-in. "
+            "Run MagCache Calibrate once for a curve of this model"
+        )
+    return None, f"no curve for {model_config_name}: run MagCache Calibrate once and pick the saved curve"
