@@ -84,16 +84,16 @@ def load_curve(path: str | Path, name: str | None = None) -> MagnitudeCurve:
         if f"{role}.sigma" not in arrays and f"{role}.ratio" not in arrays:
             continue
         fields: dict[str, tuple[float, ...] | None] = {}
-        for name in _FIELDS:
-            arr = arrays.get(f"{role}.{name}")
+        for field_name in _FIELDS:
+            arr = arrays.get(f"{role}.{field_name}")
             if arr is None:
-                if name in ("sigma", "ratio"):
-                    raise CurveError(f"{where}: role '{role}' lacks the tensor '{role}.{name}'")
-                fields[name] = None
+                if field_name in ("sigma", "ratio"):
+                    raise CurveError(f"{where}: role '{role}' lacks the tensor '{role}.{field_name}'")
+                fields[field_name] = None
                 continue
             if arr.ndim != 1:
-                raise CurveError(f"{where}: tensor '{role}.{name}' must be 1-D, has shape {tuple(arr.shape)}")
-            fields[name] = tuple(float(v) for v in arr.astype(np.float64))
+                raise CurveError(f"{where}: tensor '{role}.{field_name}' must be 1-D, has shape {tuple(arr.shape)}")
+            fields[field_name] = tuple(float(v) for v in arr.astype(np.float64))
         roles[role] = RoleCurve(**fields)  # type: ignore[arg-type]
     try:
         return MagnitudeCurve(name=name or header.get("name") or path.stem, roles=roles, metadata=metadata)

@@ -289,7 +289,7 @@ def _build_hunyuan_video15(seed: int) -> TinyModel:
     )
     patcher = _via_loader(hv.HunyuanVideo(**kw, operations=_ops()), seed)
     g = torch.Generator().manual_seed(seed + 7)
-    extra = {"conditioning_byt5small": torch.randn((1, 4, 1472), generator=g)}
+    extra = {"conditioning_byt5small": torch.randn((1, 4, 1472), generator=g), "pooled_output": None}
     pos, neg = _conds(seed, 3584, extra)
     return TinyModel("hunyuan_video15", patcher, torch.zeros(1, 32, 2, 8, 8), pos, neg, 5.0)
 
@@ -333,7 +333,7 @@ def _build_chroma(seed: int) -> TinyModel:
     })
     cfg.update(hidden_size=128, num_heads=2, axes_dim=[16, 24, 24], out_dim=128, hidden_dim=256, n_layers=2)
     patcher = _via_config(cfg, seed)
-    pos, neg = _conds(seed, 4096)
+    pos, neg = _conds(seed, 4096, {"pooled_output": None})  # T5-only, as CLIPTextEncode gives it
     return TinyModel("chroma", patcher, torch.zeros(1, 16, 16, 16), pos, neg, 4.0)
 
 
@@ -358,14 +358,15 @@ def _build_ltxv(seed: int) -> TinyModel:
         caption_channels=4096, num_layers=3, operations=_ops(),
     )
     patcher = _via_loader(module, seed)
-    pos, neg = _conds(seed, 4096, {"frame_rate": 25})
+    pos, neg = _conds(seed, 4096, {"frame_rate": 25, "attention_mask": torch.ones(1, TEXT_TOKENS)})
     return TinyModel("ltxv", patcher, torch.zeros(1, 128, 3, 4, 4), pos, neg, 3.0)
 
 
 def _build_mochi(seed: int) -> TinyModel:
-    """Genmo Mochi: asymmetric joint blocks (visual 128 / text 64), 2 heads of 64."""
+    """Genmo Mochi: 3 asymmetric joint blocks (visual 128 / text 64), 2 heads of 64."""
     cfg = _detected({"t5_yproj.weight": (1536, 4096)})
-    cfg.update(depth=3, num_heads=2, hidden_size_x=128, hidden_size_y=64)
+    # AsymmetricJointBlock asserts hidden_x * mlp_ratio_x == 1536 * 8, so the MLP stays wide.
+    cfg.update(depth=3, num_heads=2, hidden_size_x=128, hidden_size_y=64, mlp_ratio_x=1536 * 8 / 128)
     patcher = _via_config(cfg, seed)
     mask = torch.ones(1, TEXT_TOKENS)
     pos, neg = _conds(seed, 4096, {"attention_mask": mask})
@@ -409,22 +410,26 @@ def _build_hunyuan_dit(seed: int) -> TinyModel:
         attn_precision=torch.float32, operations=_ops(),
     )
     patcher = _via_loader(module, seed)
+    # The model's padding tables fix the prompt lengths: 77 BERT tokens, 256 mT5 tokens (masked past 8).
     g = torch.Generator().manual_seed(seed + 7)
+    mask, mask_t5 = torch.zeros(1, 77), torch.zeros(1, 256)
+    mask[:, :TEXT_TOKENS] = 1.0
+    mask_t5[:, :TEXT_TOKENS] = 1.0
     extra = {
-        "attention_mask": torch.ones(1, TEXT_TOKENS), "conditioning_mt5xl": torch.randn((1, TEXT_TOKENS, 2048), generator=g),
-        "attention_mask_mt5xl": torch.ones(1, TEXT_TOKENS), "width": 128, "height": 128,
+        "attention_mask": mask, "conditioning_mt5xl": torch.randn((1, 256, 2048), generator=g),
+        "attention_mask_mt5xl": mask_t5, "width": 128, "height": 128,
     }
-    pos, neg = _conds(seed, 1024, extra)
+    pos, neg = _conds(seed, 1024, extra, tokens=77)
     return TinyModel("hunyuan_dit", patcher, torch.zeros(1, 4, 16, 16), pos, neg, 6.0)
 
 
 def _build_kandinsky5(seed: int) -> TinyModel:
-    """Kandinsky 5 lite video: 1 text + 3 visual blocks, model_dim 128 (heads of 64), visual in 16*2+1."""
+    """Kandinsky 5 lite video: 1 text + 3 visual blocks, model_dim 128, visual in (16+16+1) * 2 * 2 = 132."""
     import comfy.ldm.kandinsky5.model as k5
 
     module = k5.Kandinsky5(
         in_visual_dim=16, out_visual_dim=16, in_text_dim=3584, in_text_dim2=768, time_dim=64, model_dim=128,
-        ff_dim=256, visual_embed_dim=33, patch_size=(1, 2, 2), num_text_blocks=1, num_visual_blocks=3,
+        ff_dim=256, visual_embed_dim=132, patch_size=(1, 2, 2), num_text_blocks=1, num_visual_blocks=3,
         axes_dims=(16, 24, 24), operations=_ops(),
     )
     patcher = _via_loader(module, seed)
