@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob(f"*{SUFFIX}"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_preset(name: str) -> MagnitudeCurve:
     """A shipped preset by name (cached: presets never change at run time)."""
     if name not in preset_names():

@@ -67,9 +67,13 @@ def load_curve(path: str | Path, name: str | None = None) -> MagnitudeCurve:
     except Exception as exc:  # safetensors raises several types for bad bytes
         raise CurveError(f"{where}: not a readable safetensors file ({exc})") from None
     if header.get("format") != FORMAT:
-        raise CurveError(f"{where}: not a MagCache curve (metadata 'format' is {header.get('format')!r}, expected {FORMAT!r})")
+        raise CurveError(
+            f"{where}: not a MagCache curve (metadata 'format' is {header.get('format')!r}, expected {FORMAT!r})"
+        )
     if header.get("format_version") != FORMAT_VERSION:
-        raise CurveError(f"{where}: format version {header.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+        raise CurveError(
+            f"{where}: format version {header.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+        )
     try:
         metadata: dict[str, Any] = json.loads(header.get("metadata", "{}"))
     except json.JSONDecodeError as exc:

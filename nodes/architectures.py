@@ -57,7 +57,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     for a in (
         Architecture("WanModel", (Stack("blocks", _DOUBLE),)),
         Architecture("VaceWanModel", (Stack("blocks", _DOUBLE),), between_block_inputs=("vace_context",)),
-        Architecture("HunyuanVideo", (Stack("double_blocks", _DOUBLE), Stack("single_blocks", _SINGLE, tokens=Tokens.HEAD))),
+        Architecture(
+            "HunyuanVideo", (Stack("double_blocks", _DOUBLE), Stack("single_blocks", _SINGLE, tokens=Tokens.HEAD))
+        ),
         Architecture("Flux", (Stack("double_blocks", _DOUBLE), Stack("single_blocks", _SINGLE, tokens=Tokens.TAIL))),
         Architecture("Chroma", (Stack("double_blocks", _DOUBLE), Stack("single_blocks", _SINGLE, tokens=Tokens.TAIL))),
         Architecture("QwenImageTransformer2DModel", (Stack("transformer_blocks", _DOUBLE),)),

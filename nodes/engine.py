@@ -26,8 +26,9 @@ in the per-run options ComfyUI discards when sampling ends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -136,7 +137,9 @@ class RunState:
             return None
         out = torch.empty_like(x)
         for i, p in enumerate(parts):
-            torch.add(x[i * chunk : (i + 1) * chunk], p.to(x.device, non_blocking=True), out=out[i * chunk : (i + 1) * chunk])
+            torch.add(
+                x[i * chunk : (i + 1) * chunk], p.to(x.device, non_blocking=True), out=out[i * chunk : (i + 1) * chunk]
+            )
         return out
 
     def store_residual(self, r: torch.Tensor, uuids: tuple[Any, ...]) -> None:
@@ -172,7 +175,9 @@ class BlockPatch:
     the block is computed, so both patches take effect.
     """
 
-    def __init__(self, run: RunState, stack: Stack, first: bool, last: bool, previous: Callable[..., Any] | None) -> None:
+    def __init__(
+        self, run: RunState, stack: Stack, first: bool, last: bool, previous: Callable[..., Any] | None
+    ) -> None:
         self.run = run
         self.stack = stack
         self.first = first
@@ -228,7 +233,9 @@ def _install_block_patches(model_options: dict[str, Any], diffusion_model: Any, 
     for n, (stack, i) in enumerate(blocks):
         previous = existing.get((stack.patch_name, i))
         patch = BlockPatch(run, stack, first=n == 0, last=n == len(blocks) - 1, previous=previous)
-        model_options = comfy.model_patcher.set_model_options_patch_replace(model_options, patch, "dit", stack.patch_name, i)
+        model_options = comfy.model_patcher.set_model_options_patch_replace(
+            model_options, patch, "dit", stack.patch_name, i
+        )
     return model_options
 
 

@@ -53,7 +53,10 @@ class MagCacheApply:
                 "threshold": (
                     "FLOAT",
                     {
-                        "default": RECOMMENDED, "min": RECOMMENDED, "max": 2.0, "step": 0.01,
+                        "default": RECOMMENDED,
+                        "min": RECOMMENDED,
+                        "max": 2.0,
+                        "step": 0.01,
                         "tooltip": "Error budget per run of skips: higher skips more, at some cost in fidelity. "
                         "0 never skips; -1 uses the curve's recommended value.",
                     },
@@ -61,7 +64,9 @@ class MagCacheApply:
                 "max_consecutive_skips": (
                     "INT",
                     {
-                        "default": RECOMMENDED, "min": RECOMMENDED, "max": 20,
+                        "default": RECOMMENDED,
+                        "min": RECOMMENDED,
+                        "max": 20,
                         "tooltip": "K: at most this many model calls in a row reuse the cached residual. "
                         "-1 uses the curve's recommended value.",
                     },
@@ -69,26 +74,41 @@ class MagCacheApply:
                 "retention_ratio": (
                     "FLOAT",
                     {
-                        "default": RECOMMENDED, "min": RECOMMENDED, "max": 1.0, "step": 0.01,
+                        "default": RECOMMENDED,
+                        "min": RECOMMENDED,
+                        "max": 1.0,
+                        "step": 0.01,
                         "tooltip": "The first fraction of the noise schedule is always computed: it sets the "
                         "layout of the picture. -1 uses the curve's recommended value.",
                     },
                 ),
                 "start": (
                     "FLOAT",
-                    {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                     "tooltip": "Fraction of the schedule before which nothing is skipped."},
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Fraction of the schedule before which nothing is skipped.",
+                    },
                 ),
                 "end": (
                     "FLOAT",
-                    {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                     "tooltip": "Fraction of the schedule after which nothing is skipped."},
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Fraction of the schedule after which nothing is skipped.",
+                    },
                 ),
                 "cache_device": (
                     list(CACHE_DEVICES),
-                    {"default": CACHE_DEVICES[0],
-                     "tooltip": "Where the cached residual lives: the compute device (fastest) or the "
-                     "offload device (saves VRAM, costs a copy per step)."},
+                    {
+                        "default": CACHE_DEVICES[0],
+                        "tooltip": "Where the cached residual lives: the compute device (fastest) or the "
+                        "offload device (saves VRAM, costs a copy per step).",
+                    },
                 ),
             }
         }
@@ -156,9 +176,13 @@ def _validate(config: engine.MagCacheConfig, cache_device: str) -> None:
     if config.threshold < 0:
         raise ValueError(f"threshold must be >= 0 (or -1 for the recommended value), got {config.threshold}")
     if config.max_skips < 1:
-        raise ValueError(f"max_consecutive_skips must be >= 1 (or -1 for the recommended value), got {config.max_skips}")
+        raise ValueError(
+            f"max_consecutive_skips must be >= 1 (or -1 for the recommended value), got {config.max_skips}"
+        )
     if not 0.0 <= config.retention <= 1.0:
-        raise ValueError(f"retention_ratio must be within 0..1 (or -1 for the recommended value), got {config.retention}")
+        raise ValueError(
+            f"retention_ratio must be within 0..1 (or -1 for the recommended value), got {config.retention}"
+        )
     if not 0.0 <= config.start < config.end <= 1.0:
         raise ValueError(f"start ({config.start}) must be below end ({config.end}), both within 0..1")
     if cache_device not in CACHE_DEVICES:

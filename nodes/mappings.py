@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from ..calibration import catalog
 from .magcache_node import MagCacheApply
-
-catalog.register_folder()
 
 NODE_CLASS_MAPPINGS = {
     "MagCacheApply": MagCacheApply,

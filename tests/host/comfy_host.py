@@ -39,7 +39,7 @@ def import_comfyui(root: Path) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401  (import after the flag is set)
+    import comfy.model_management
 
 
 def comfyui_version(root: Path) -> str:
