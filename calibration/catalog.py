@@ -153,8 +153,6 @@ _STAND_IN: dict[str, str] = {
     "GenmoMochi": "wan2.1_t2v_1.3B",
     "SD3": "flux",
     "AuraFlow": "flux",
-    "Kandinsky5": "wan2.1_t2v_1.3B",
-    "Kandinsky5Image": "flux",
 }
 
 

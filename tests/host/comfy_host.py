@@ -48,3 +48,11 @@ def comfyui_version(root: Path) -> str:
         if line.startswith("version"):
             return line.split("=", 1)[1].strip().strip('"')
     return "unknown"
+
+
+#: The checkout this test session uses, found once.
+ROOT = find_comfyui()
+NO_HOST = (
+    "no ComfyUI checkout found: set COMFYUI_PATH or clone ComfyUI into ~/ComfyUI "
+    "(see README, 'Running the tests'); host tests skipped"
+)

@@ -1,0 +1,173 @@
+"""MagCache on tiny random-weight models of every supported family, in the real host.
+
+For each family: the model is loaded the way ComfyUI loads a user's file and
+sampled with ComfyUI's own sampler and CFG. We check that threshold 0 changes
+nothing, that the block stack runs on exactly the calls the plan says, that
+outputs differ from the baseline only from the first skipped step on, and
+that the model the user passed in is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import comfy.sample
+import comfy.samplers
+import numpy as np
+import pytest
+import tiny_models
+import torch
+from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve
+from comfyui_magcache.nodes import engine
+from comfyui_magcache.nodes.architectures import architecture_of
+from comfyui_magcache.nodes.magcache_node import MagCacheApply
+from conftest import BlockCounter
+
+STEPS = 12
+#: Families whose ComfyUI code offers no working block patches (see README's table).
+NOT_BLOCK_LEVEL = ("lumina2", "hidream", "cosmos", "kandinsky5")
+SUPPORTED = [f for f in tiny_models.available_families() if f not in NOT_BLOCK_LEVEL]
+UNSUPPORTED = [f for f in tiny_models.available_families() if f in NOT_BLOCK_LEVEL]
+
+
+def sample(tiny: tiny_models.TinyModel, patcher: Any, steps: int = STEPS, **kw: Any) -> tuple[torch.Tensor, list]:
+    """Sample with euler/simple and return the output and every step's denoised prediction."""
+    latent = comfy.sample.fix_empty_latent_channels(patcher, tiny.latent)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    previews: list[torch.Tensor] = []
+    out = comfy.sample.sample(
+        patcher,
+        noise,
+        steps,
+        tiny.cfg,
+        kw.pop("sampler", "euler"),
+        kw.pop("scheduler", "simple"),
+        tiny.positive,
+        tiny.negative,
+        latent,
+        seed=0,
+        disable_pbar=True,
+        callback=lambda step, x0, x, total: previews.append(x0.clone()),
+        **kw,
+    )
+    return out, previews
+
+
+def schedule_curve(patcher: Any, ratio: float = 0.99, steps: int = STEPS) -> MagnitudeCurve:
+    """A curve on this model's own schedule where the residual shrinks 1% per step."""
+    sig = comfy.samplers.calculate_sigmas(patcher.model.model_sampling, "simple", steps)[:-1]
+    role = RoleCurve(tuple(float(s) for s in sig), tuple([ratio] * (len(sig) - 1)))
+    return MagnitudeCurve(name="test-law", roles={"cond": role, "uncond": role})
+
+
+def attach(tiny: tiny_models.TinyModel, curve: MagnitudeCurve, threshold: float, k: int = 2, **kw: Any) -> Any:
+    patched = tiny.patcher.clone()
+    arch = architecture_of(patched.model.diffusion_model)
+    assert arch is not None
+    engine.attach(patched, engine.MagCacheConfig(curve, arch, threshold, k, kw.pop("retention", 0.2), **kw))
+    return patched
+
+
+def all_blocks(patcher: Any) -> list[torch.nn.Module]:
+    dm = patcher.model.diffusion_model
+    arch = architecture_of(dm)
+    return [b for stack in arch.stacks for b in getattr(dm, stack.attr)]
+
+
+def fingerprint(patcher: Any) -> tuple:
+    """Everything a leftover of ours could hide in."""
+    dm = patcher.model.diffusion_model
+    return (
+        repr(patcher.model_options),
+        repr(patcher.wrappers),
+        repr(getattr(patcher, "callbacks", None)),
+        sorted(vars(patcher)),
+        sorted(vars(patcher.model)),
+        sorted(vars(dm)),
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in dm.modules()),
+    )
+
+
+def planned(log_text: str) -> tuple[int, int]:
+    m = re.findall(r"MagCache: computing (\d+) of (\d+) steps", log_text)
+    assert m, f"no plan line in the log:\n{log_text}"
+    return int(m[-1][0]), int(m[-1][1])
+
+
+@pytest.fixture(scope="module", params=SUPPORTED)
+def tiny(request: pytest.FixtureRequest) -> tiny_models.TinyModel:
+    return tiny_models.build(request.param, seed=0)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny: tiny_models.TinyModel) -> tuple[torch.Tensor, list, int]:
+    counter = BlockCounter(all_blocks(tiny.patcher))
+    out, previews = sample(tiny, tiny.patcher)
+    counter.close()
+    return out, previews, counter.calls
+
+
+def test_threshold_zero_is_bit_identical(tiny, baseline) -> None:
+    out, _ = sample(tiny, attach(tiny, schedule_curve(tiny.patcher), threshold=0.0))
+    assert torch.equal(out, baseline[0])
+
+
+def test_block_stack_runs_exactly_where_the_plan_says(tiny, baseline, magcache_log) -> None:
+    before = fingerprint(tiny.patcher)
+    patched = attach(tiny, schedule_curve(tiny.patcher), threshold=0.15, k=2)
+    counter = BlockCounter(all_blocks(tiny.patcher))
+    out, previews = sample(tiny, patched)
+    counter.close()
+    computed, total = planned(magcache_log.text)
+    assert total == STEPS
+    assert 0 < computed < total, "the test curve must call for some skips"
+    if tiny.family == "wan21_vace":
+        # VACE adds features between blocks: skipping is switched off, loudly, and nothing changes.
+        assert "skipping switched off for this run: 'vace_context'" in magcache_log.text
+        assert counter.calls == baseline[2]
+        assert torch.equal(out, baseline[0])
+        return
+    # Every computed model call runs every block once per batch; skipped calls run none.
+    per_call = baseline[2] // STEPS
+    assert baseline[2] == per_call * STEPS
+    assert counter.calls == computed * per_call
+    summary = re.findall(r"skipped the block stack on (\d+) of (\d+) model calls", magcache_log.text)
+    assert summary[-1] == (str(total - computed), str(total))
+    # Identical until the first skipped step, different from it on.
+    diffs = [not torch.equal(a, b) for a, b in zip(previews, baseline[1])]
+    first = diffs.index(True)
+    assert not any(diffs[:first])
+    assert first >= 1 and np.isfinite(out.numpy()).all()
+    # The plan's first skip is exactly where the outputs part.
+    plan = engine.plan_run(
+        patched.model_options["transformer_options"][engine.KEY].curve,
+        patched.model_options["transformer_options"][engine.KEY].settings_for(tiny.patcher.model.model_sampling),
+        [float(s) for s in comfy.samplers.calculate_sigmas(tiny.patcher.model.model_sampling, "simple", STEPS)],
+        (0, 1),
+    )
+    assert plan.computed == computed
+    assert plan.skips.index(True) == first
+    # The model the user passed in is exactly as it was, and still samples the same.
+    assert fingerprint(tiny.patcher) == before
+    again, _ = sample(tiny, tiny.patcher)
+    assert torch.equal(again, baseline[0])
+
+
+def test_node_with_defaults_picks_a_curve_and_runs(tiny, magcache_log) -> None:
+    (patched,) = MagCacheApply().apply(tiny.patcher, "auto", -1, -1, -1, 0.0, 1.0, "compute")
+    out, _ = sample(tiny, patched, steps=STEPS)
+    assert torch.isfinite(out).all()
+    text = magcache_log.text
+    if patched is tiny.patcher:  # families without a curve are left alone, loudly
+        assert "left unchanged" in text
+    else:
+        assert "MagCache: curve '" in text and "computing" in text
+
+
+@pytest.mark.parametrize("family", UNSUPPORTED)
+def test_families_without_block_patches_are_left_alone(family: str, magcache_log) -> None:
+    tiny = tiny_models.build(family)
+    (patched,) = MagCacheApply().apply(tiny.patcher, "auto", -1, -1, -1, 0.0, 1.0, "compute")
+    assert patched is tiny.patcher
+    assert "has no block patches in ComfyUI; the model is left unchanged" in magcache_log.text
