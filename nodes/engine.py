@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -211,28 +212,46 @@ class BlockPatch:
             return args
         out = self._compute(args, extra)
         if self.last and batch.x_in is not None:
-            x_in = batch.x_in
-            y = out[key]
-            n = x_in.shape[1]
-            if self.stack.tokens is Tokens.HEAD:
-                y = y[:, :n]
-            elif self.stack.tokens is Tokens.TAIL:
-                y = y[:, y.shape[1] - n :]
-            self.run.store_residual(y - x_in, batch.uuids)
+            self.run.store_residual(stack_residual(self.stack, batch.x_in, out[key]), batch.uuids)
             batch.x_in = None
         return out
 
 
-def _install_block_patches(model_options: dict[str, Any], diffusion_model: Any, run: RunState) -> dict[str, Any]:
-    """Patch every block of the stack in ``model_options`` (a per-run copy)."""
+def stack_residual(stack: Stack, x_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """What the block stack added to the image tokens: ``y - x_in``.
+
+    ``x_in`` is what entered the first block (image tokens only); ``y`` is what
+    left the last block, which belongs to ``stack``. Single-stream stacks run on text and image
+    tokens concatenated, so ``y`` is first cut down to the image tokens.
+    """
+    n = x_in.shape[1]
+    if stack.tokens is Tokens.HEAD:
+        y = y[:, :n]
+    elif stack.tokens is Tokens.TAIL:
+        y = y[:, y.shape[1] - n :]
+    return y - x_in
+
+
+#: Builds the patch of one block: ``make_patch(stack, first=..., last=..., previous=...)``.
+PatchFactory = Callable[..., Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]]
+
+
+def install_block_patches(
+    model_options: dict[str, Any], diffusion_model: Any, arch: Architecture, make_patch: PatchFactory
+) -> dict[str, Any]:
+    """Patch every block of ``arch``'s stacks in ``model_options`` (a per-run copy).
+
+    ``first`` and ``last`` mark the ends of the whole stack; ``previous`` is the
+    patch another node set on that block, which the new patch must chain to.
+    Shared by MagCache and the calibration recorder.
+    """
     import comfy.model_patcher
 
-    arch = run.config.architecture
     blocks = [(stack, i) for stack in arch.stacks for i in range(len(getattr(diffusion_model, stack.attr)))]
     existing = model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for n, (stack, i) in enumerate(blocks):
         previous = existing.get((stack.patch_name, i))
-        patch = BlockPatch(run, stack, first=n == 0, last=n == len(blocks) - 1, previous=previous)
+        patch = make_patch(stack, first=n == 0, last=n == len(blocks) - 1, previous=previous)
         model_options = comfy.model_patcher.set_model_options_patch_replace(
             model_options, patch, "dit", stack.patch_name, i
         )
@@ -265,7 +284,7 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     import comfy.model_patcher
 
     options = comfy.model_patcher.create_model_options_clone(orig_options)
-    options = _install_block_patches(options, model.diffusion_model, run)
+    options = install_block_patches(options, model.diffusion_model, config.architecture, partial(BlockPatch, run))
     options["transformer_options"][KEY] = run
     log.info(
         "MagCache: computing %d of %d steps, ~%.2fx (curve '%s', threshold %g, K %d, retention %g)",
