@@ -232,8 +232,9 @@ def stack_residual(stack: Stack, x_in: torch.Tensor, y: torch.Tensor) -> torch.T
     return y - x_in
 
 
-#: Builds the patch of one block: ``make_patch(stack, first=..., last=..., previous=...)``.
-PatchFactory = Callable[..., Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]]
+#: Builds the patch of one block: ``make_patch(stack, first=..., last=..., previous=...)``;
+#: None leaves that block as it is.
+PatchFactory = Callable[..., Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None]
 
 
 def install_block_patches(
@@ -252,6 +253,8 @@ def install_block_patches(
     for n, (stack, i) in enumerate(blocks):
         previous = existing.get((stack.patch_name, i))
         patch = make_patch(stack, first=n == 0, last=n == len(blocks) - 1, previous=previous)
+        if patch is None:
+            continue
         model_options = comfy.model_patcher.set_model_options_patch_replace(
             model_options, patch, "dit", stack.patch_name, i
         )
