@@ -205,7 +205,9 @@ class BlockPatch:
                     batch.skipping = True
                     return {**args, key: out}
                 self.run.forced += 1
-            batch.x_in = args[key]
+            # A copy: several families' blocks update their input in place
+            # (Flux, HunyuanVideo, Chroma, LTX-Video), which would zero the residual.
+            batch.x_in = args[key].clone()
             self.run.stack_runs += 1
             self.run.evaluation_computed = True
         if batch.skipping:
@@ -261,6 +263,35 @@ def install_block_patches(
     return model_options
 
 
+def sigma_to_percent(model_sampling: Any, sigma: float) -> float:
+    """Where ``sigma`` sits on the model's schedule, 0 (pure noise) to 1 (clean).
+
+    The inverse of ComfyUI's ``percent_to_sigma``, found by bisection: it is
+    monotonic for every model sampling ComfyUI has, and this runs once per run.
+    """
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if float(model_sampling.percent_to_sigma(mid)) > sigma:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def equivalent_steps(model_sampling: Any, sigmas: list[float]) -> float:
+    """Steps this schedule would have over the whole noise range.
+
+    A sampler run that covers only part of the schedule (KSamplerAdvanced
+    start/end, one of Wan 2.2's experts, a denoise < 1 pass) is as dense as
+    the full schedule it was cut from; only a genuinely few-step schedule is
+    sparse everywhere.
+    """
+    steps = len(sigmas) - 1
+    coverage = sigma_to_percent(model_sampling, sigmas[-1]) - sigma_to_percent(model_sampling, sigmas[0])
+    return steps / coverage if coverage > 1e-6 else float("inf")
+
+
 def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     """Set up a fresh run state for this sampling run and tear it down after."""
     guider = executor.class_obj
@@ -268,16 +299,16 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     if not isinstance(config, MagCacheConfig):
         return executor(*args, **kwargs)
     sigmas = [float(s) for s in args[3].detach().flatten().cpu().tolist()]
+    patcher = guider.model_patcher
+    model = patcher.model
     steps = max(len(sigmas) - 1, 0)
-    if steps < MIN_STEPS:
+    if steps and equivalent_steps(model.model_sampling, sigmas) < MIN_STEPS:
         log.info(
             "MagCache: %d-step schedule is too short to skip safely (few-step and distilled models); "
             "computing every step.",
             steps,
         )
         return executor(*args, **kwargs)
-    patcher = guider.model_patcher
-    model = patcher.model
     settings = config.settings_for(model.model_sampling)
     roles = (0, 1) if float(getattr(guider, "cfg", 1.0)) != 1.0 else (0,)
     plan = plan_run(config.curve, settings, sigmas, roles)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
 import numpy as np
@@ -171,3 +172,79 @@ def test_families_without_block_patches_are_left_alone(family: str, magcache_log
     (patched,) = MagCacheApply().apply(tiny.patcher, "auto", -1, -1, -1, 0.0, 1.0, "compute")
     assert patched is tiny.patcher
     assert "has no block patches in ComfyUI; the model is left unchanged" in magcache_log.text
+
+
+#: family -> (module that receives the block stack's output first, how the first block receives its input)
+HEADS: dict[str, tuple[str, int | str]] = {
+    "wan21_t2v": ("head", 0),
+    "wan21_i2v": ("head", 0),
+    "wan22_ti2v_5b": ("head", 0),
+    "hunyuan_video": ("final_layer", "img"),
+    "hunyuan_video15": ("final_layer", "img"),
+    "flux": ("final_layer", "img"),
+    "flux_kontext": ("final_layer", "img"),
+    "chroma": ("final_layer", "img"),
+    "qwen_image": ("norm_out", "hidden_states"),
+    "ltxv": ("norm_out", 0),
+    "mochi": ("final_layer", 0),
+    "sd3": ("final_layer", 1),
+    "hunyuan_dit": ("final_layer", 0),
+}
+
+
+class Tap:
+    """Clones the tensor a module receives (before the module may change it in place)."""
+
+    def __init__(self, module: torch.nn.Module, where: int | str) -> None:
+        self.where = where
+        self.seen: list[torch.Tensor] = []
+        self.handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        self.seen.append((args[self.where] if isinstance(self.where, int) else kwargs[self.where]).detach().clone())
+
+
+def test_skipped_calls_add_the_cached_residual_exactly(tiny) -> None:
+    """Independent of the engine: replay every model call on the plain model and rebuild x + r by hand."""
+    if tiny.family not in HEADS:
+        pytest.skip(f"no head module listed for {tiny.family}")
+    head_name, first_input = HEADS[tiny.family]
+    dm = tiny.patcher.model.diffusion_model
+    head = getattr(dm, head_name)
+    first = all_blocks(tiny.patcher)[0]
+    calls: list[tuple[tuple, dict]] = []
+
+    def capture(executor: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append((args, dict(kwargs)))
+        return executor(*args, **kwargs)
+
+    patched = attach(tiny, schedule_curve(tiny.patcher), threshold=0.15, k=2)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test-capture", capture)
+    head_tap = Tap(head, 0)
+    sample_and_mark = BlockCounter([first])
+    head_counts: list[int] = []
+    head_hook = head.register_forward_pre_hook(lambda *a: head_counts.append(sample_and_mark.calls))
+    sample(tiny, patched)
+    head_hook.remove()
+    sample_and_mark.close()
+    head_tap.handle.remove()
+    # Which calls ran the stack: the first block's count moved since the previous head call.
+    ran = [b > a for a, b in zip([0, *head_counts[:-1]], head_counts)]
+    assert len(ran) == len(calls) == STEPS and not all(ran)
+    # Replay each call on the plain model (no MagCache, no patches) and tap the same modules.
+    replay_head, replay_first = Tap(head, 0), Tap(first, first_input)
+    for args, kwargs in calls:
+        args = list(args)
+        options = {k: v for k, v in args[5].items() if k not in (engine.KEY, "patches_replace", "wrappers")}
+        args[5] = options
+        tiny.patcher.model.apply_model(*args, **kwargs)
+    replay_head.handle.remove()
+    replay_first.handle.remove()
+    residual = None
+    for j, computed in enumerate(ran):
+        x_j, h_j = replay_first.seen[j], replay_head.seen[j]
+        if computed:
+            torch.testing.assert_close(head_tap.seen[j], h_j, rtol=0, atol=1e-6)
+            residual = h_j - x_j
+        else:
+            torch.testing.assert_close(head_tap.seen[j], x_j + residual, rtol=1e-5, atol=1e-5)
