@@ -93,6 +93,26 @@ def saved_curve_path(name: str) -> Path:
     return path
 
 
+def saved_curve_target(file_name: str) -> Path:
+    """The file a calibration named ``file_name`` (from :func:`clean_curve_name`) is written to.
+
+    A saved curve of that name is updated where it is, in whichever curve folder
+    holds it; a new one goes to the first curve folder ComfyUI lists
+    (``models/magcache`` unless ``extra_model_paths.yaml`` puts another first).
+    """
+    import folder_paths
+
+    if file_name != clean_curve_name(file_name):
+        raise CurveError(f"curve file name {file_name!r} is not a clean name; use clean_curve_name() first")
+    register_folder()
+    roots = [Path(p).resolve() for p in folder_paths.get_folder_paths(FOLDER)]
+    full = folder_paths.get_full_path(FOLDER, file_name)
+    path = Path(full).resolve() if full is not None else roots[0] / file_name
+    if not any(path.is_relative_to(root) for root in roots):
+        raise CurveError(f"saved curve '{file_name}' resolves outside the curve folders; refused")
+    return path
+
+
 def curve_choices() -> list[str]:
     """The node's curve dropdown: auto, every preset, every saved curve."""
     return [AUTO, *preset_names(), *saved_curve_names()]

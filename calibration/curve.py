@@ -130,6 +130,17 @@ class MagnitudeCurve:
             raise CurveError(f"{where}: unknown roles {sorted(unknown)}; expected {list(ROLES)}")
         for role, rc in self.roles.items():
             rc.validate(f"{where}, role '{role}'")
+        uncond = self.roles.get("uncond")
+        if uncond is not None:
+            # Both roles are measured at the same model calls, so a curve whose
+            # roles disagree on the grid was assembled wrongly.
+            cond = self.roles["cond"]
+            if uncond.sigma != cond.sigma:
+                raise CurveError(
+                    f"{where}: roles 'cond' and 'uncond' must share one sigma grid (cond has {len(cond.sigma)} "
+                    f"sigmas {cond.sigma[0]:g}..{cond.sigma[-1]:g}, uncond {len(uncond.sigma)} "
+                    f"sigmas {uncond.sigma[0]:g}..{uncond.sigma[-1]:g})"
+                )
 
     def role(self, cond_or_uncond: int) -> RoleCurve:
         """The curve for ComfyUI's ``cond_or_uncond`` index (0 = cond)."""

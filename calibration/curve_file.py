@@ -7,7 +7,7 @@ the problem, and the caller never falls back silently to another curve.
 Layout of a file:
 - tensors ``<role>.sigma`` (float64, n, strictly decreasing) and ``<role>.ratio``
   (float64, n - 1), optionally ``<role>.ratio_std`` and ``<role>.cosine_distance``
-  (n - 1), for role ``cond`` and optionally ``uncond``;
+  (n - 1), for role ``cond`` and optionally ``uncond`` (on the same sigmas as ``cond``);
 - safetensors metadata ``format`` = ``comfyui-magcache/curve``, ``format_version``
   = ``1`` and ``metadata`` = a JSON object (provenance, schedule, fingerprint).
 """

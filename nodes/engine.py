@@ -205,9 +205,7 @@ class BlockPatch:
                     batch.skipping = True
                     return {**args, key: out}
                 self.run.forced += 1
-            # A copy: several families' blocks update their input in place
-            # (Flux, HunyuanVideo, Chroma, LTX-Video), which would zero the residual.
-            batch.x_in = args[key].clone()
+            batch.x_in = stack_input(self.stack, args)
             self.run.stack_runs += 1
             self.run.evaluation_computed = True
         if batch.skipping:
@@ -217,6 +215,15 @@ class BlockPatch:
             self.run.store_residual(stack_residual(self.stack, batch.x_in, out[key]), batch.uuids)
             batch.x_in = None
         return out
+
+
+def stack_input(stack: Stack, args: dict[str, Any]) -> torch.Tensor:
+    """A copy of the hidden states entering the stack's first block, from the patch's ``args``.
+
+    A copy, because several families' blocks update their input in place
+    (Flux, HunyuanVideo, Chroma, LTX-Video), which would zero the residual.
+    """
+    return args[stack.key].clone()
 
 
 def stack_residual(stack: Stack, x_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

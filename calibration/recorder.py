@@ -1,0 +1,372 @@
+"""The calibration recorder: watches sampling runs and measures how the block stack's residual changes.
+
+It hooks ComfyUI through the same extension points as MagCache itself
+(``nodes/engine.py``) and shares its pieces: the architecture table, the
+block-patch installer that chains to other nodes' patches, and the cut of the
+residual ``r = blocks(x) - x`` to the image tokens.
+
+* ``outer_sample_wrapper`` (``WrappersMP.OUTER_SAMPLE``): when sampling starts,
+  checks that the run can be added to the saved curve of that name, creates a
+  fresh :class:`Recording` in the run's own copy of the model options and
+  patches the first and last block there; when sampling ends normally, turns
+  the recording into a :class:`~.runs.CalibrationRun`, combines it with the
+  runs already saved under the name, writes the file and logs where it went.
+  A run that fails or is cancelled saves nothing; either way nothing is left.
+* ``apply_model_wrapper`` (``WrappersMP.APPLY_MODEL``): tells the block patches
+  which conditionings (uuid and cond/uncond role) the batch holds, and its sigma.
+* :class:`RecordPatch`: the first block notes the stack's input, the last block
+  measures the residual per conditioning against that conditioning's previous
+  one. Blocks run exactly as they would without the patch and their output is
+  returned untouched, so the image is the normal, uncached one.
+
+Per-call statistics stay on the device as small tensors and reach the host in
+one transfer when the run ends: the recorder never waits on the device per block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..nodes import engine
+from ..nodes.architectures import Architecture, Stack
+from . import catalog
+from .curve import CurveError, MagnitudeCurve, RoleCurve, role_curve_from_ratios
+from .curve_file import load_curve, save_curve
+from .runs import CalibrationRun, combine_roles, curve_from_runs, model_mismatch, pack_version, runs_of, summary
+
+log = logging.getLogger("comfyui-magcache")
+
+#: Key of the recorder's wrappers and of its entry in ``transformer_options``.
+KEY = "magcache_calibrate"
+
+
+@dataclass(frozen=True)
+class CalibrationTarget:
+    """What the Calibrate node decided; shared by every run of the model it returned.
+
+    ``model`` identifies the calibrated model (``architecture``, ``model_config``
+    and a ``fingerprint`` of family and sizes); runs are only ever combined with
+    runs of the same model. ``combine`` adds each run to the saved curve of the
+    same name; otherwise each run replaces it.
+    """
+
+    file_name: str
+    architecture: Architecture
+    model: dict[str, Any]
+    combine: bool = True
+
+
+@dataclass
+class _Batch:
+    """The batch currently inside the diffusion model."""
+
+    keys: tuple[Any, ...]  # one per conditioning in the batch: its uuid
+    roles: tuple[int, ...]  # ComfyUI's cond_or_uncond: 0 = positive, others negative
+    sigma: torch.Tensor  # one element, on the device
+    x_in: torch.Tensor | None = None
+
+
+@dataclass
+class _Call:
+    """One conditioning's pass through the block stack."""
+
+    key: Any
+    role: int
+    sigma: torch.Tensor
+    stats: torch.Tensor | None  # mean ratio, token std of the ratio, mean cosine distance; None on the first call
+
+
+def residual_stats(r: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """``[mean, std]`` over tokens of ``||r|| / ||previous||`` and the mean cosine distance, as one device tensor.
+
+    Norms are taken over the last (channel) dimension, per token; every other
+    dimension counts as tokens. Computed in float32 whatever the model's dtype.
+    """
+    a, b = r.float(), previous.float()
+    na = torch.linalg.vector_norm(a, dim=-1)
+    nb = torch.linalg.vector_norm(b, dim=-1)
+    ratio = na / nb
+    cosine = 1.0 - (a * b).sum(dim=-1) / (na * nb).clamp_min(1e-12)
+    return torch.stack((ratio.mean(), ratio.std(correction=0), cosine.mean()))
+
+
+@dataclass
+class Recording:
+    """Everything one calibration run has measured; created at its start, dropped at its end."""
+
+    target: CalibrationTarget
+    batch: _Batch | None = None
+    previous: dict[Any, torch.Tensor] = field(default_factory=dict)
+    calls: list[_Call] = field(default_factory=list)
+    unattributed: int = 0  # batches whose layout did not say which conditioning is where
+
+    def observe(self, residual: torch.Tensor, batch: _Batch) -> None:
+        """Record the residual of every conditioning in ``batch`` (no host sync)."""
+        n = len(batch.roles)
+        if n == 0 or len(batch.keys) != n or residual.shape[0] % n:
+            self.unattributed += 1
+            return
+        for key, role, part in zip(batch.keys, batch.roles, residual.chunk(n)):
+            prev = self.previous.get(key)
+            stats = residual_stats(part, prev) if prev is not None and prev.shape == part.shape else None
+            self.calls.append(_Call(key=key, role=role, sigma=batch.sigma, stats=stats))
+            self.previous[key] = part
+
+    def measurements(self) -> dict[str, list[RoleCurve]]:
+        """Per role, one :class:`RoleCurve` per conditioning; moves the statistics to the host once."""
+        if not self.calls:
+            return {}
+        measured = [c.stats for c in self.calls if c.stats is not None]
+        flat = torch.cat([torch.cat([c.sigma.float() for c in self.calls]), *measured]).cpu().tolist()
+        sigmas, stats = flat[: len(self.calls)], flat[len(self.calls) :]
+        series: dict[Any, tuple[int, list[list[float]]]] = {}
+        j = 0
+        for call, sigma in zip(self.calls, sigmas):
+            role, rows = series.setdefault(call.key, (call.role, []))
+            if call.stats is None:
+                if not rows:  # a conditioning's first call has nothing to compare with
+                    rows.append([sigma, 1.0, 0.0, 0.0])
+                continue
+            rows.append([sigma, *stats[3 * j : 3 * j + 3]])
+            j += 1
+        out: dict[str, list[RoleCurve]] = {}
+        for role, rows in series.values():
+            if len(rows) < 2:
+                continue
+            s, g, sd, cd = (list(col) for col in zip(*rows))
+            out.setdefault("cond" if role == 0 else "uncond", []).append(
+                role_curve_from_ratios(s, g, ratio_std=sd, cosine_distance=cd)
+            )
+        return out
+
+    def free(self) -> None:
+        self.previous.clear()
+        self.calls.clear()
+        self.batch = None
+
+
+class RecordPatch:
+    """A ``patches_replace["dit"]`` entry on the first or last block of the stack.
+
+    Chains to ``previous`` (a patch another node set on the same block) and
+    returns the block's output as it is: the recorder only looks.
+    """
+
+    def __init__(
+        self, recording: Recording, stack: Stack, first: bool, last: bool, previous: Callable[..., Any] | None
+    ) -> None:
+        self.recording = recording
+        self.stack = stack
+        self.first = first
+        self.last = last
+        self.previous = previous
+
+    def __call__(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        batch = self.recording.batch
+        if batch is not None and self.first:
+            batch.x_in = engine.stack_input(self.stack, args)
+        out = self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
+        if batch is not None and self.last and batch.x_in is not None:
+            self.recording.observe(engine.stack_residual(self.stack, batch.x_in, out[self.stack.key]), batch)
+            batch.x_in = None
+        return out
+
+
+def _ends_only(recording: Recording, stack: Stack, first: bool, last: bool, previous: Any) -> RecordPatch | None:
+    """Patch only the two blocks the recorder needs; leave the others (and their patches) alone."""
+    return RecordPatch(recording, stack, first, last, previous) if first or last else None
+
+
+# -- run start and end -------------------------------------------------------
+
+
+def _saved_runs(target: CalibrationTarget, path: Path, sigma_range: tuple[float, float]) -> list[CalibrationRun]:
+    """Runs already saved under the target's name that this run may join; raise when it may not."""
+    if not target.combine or not path.is_file():
+        return []
+    existing = load_curve(path)
+    where = f"curve file '{path}'"
+    try:
+        runs = runs_of(existing)
+    except CurveError as exc:
+        raise CurveError(f"{where}: {exc}; set if_exists to 'replace' or pick another name") from None
+    why = model_mismatch(existing, target.model)
+    if why is not None:
+        raise CurveError(
+            f"{where}: was calibrated on another model ({why}). Pick another name, or set if_exists to "
+            "'replace' to start this curve over"
+        )
+    cond = existing.roles["cond"]
+    hi, lo = sigma_range
+    if lo > cond.sigma[0] or hi < cond.sigma[-1]:
+        raise CurveError(
+            f"{where}: covers sigma {cond.sigma[0]:g} -> {cond.sigma[-1]:g}, this run {hi:g} -> {lo:g}; runs of one "
+            "curve must cover the same part of the schedule (one name per model of a split sampler)"
+        )
+    return runs
+
+
+def _sampler_name(sampler: Any) -> str:
+    fn = getattr(sampler, "sampler_function", None)
+    name = getattr(fn, "__name__", None) or type(sampler).__name__
+    return name.removeprefix("sample_")
+
+
+def _scheduler_name(model_sampling: Any, sigmas: torch.Tensor) -> str:
+    """The ComfyUI scheduler that makes exactly these sigmas, or 'custom'."""
+    import comfy.samplers
+
+    steps = sigmas.numel() - 1
+    for name in comfy.samplers.SCHEDULER_NAMES:
+        try:
+            candidate = comfy.samplers.calculate_sigmas(model_sampling, name, steps).cpu()
+        except Exception:  # a scheduler that cannot make this schedule is simply not it
+            continue
+        if candidate.shape == sigmas.shape and torch.allclose(candidate.double(), sigmas.double(), rtol=1e-5):
+            return name
+    return "custom"
+
+
+def _settings(guider: Any, sampler: Any, sigmas: torch.Tensor, seed: Any) -> dict[str, Any]:
+    """What one run ran with, for the file's metadata."""
+    model = guider.model_patcher.model
+    cfg = getattr(guider, "cfg", None)
+    settings: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pack_version": pack_version(),
+        "sampler": _sampler_name(sampler),
+        "scheduler": _scheduler_name(model.model_sampling, sigmas),
+        "steps": sigmas.numel() - 1,
+        "cfg": float(cfg) if isinstance(cfg, (int, float)) else None,
+        "seed": int(seed) if isinstance(seed, int) else None,
+        "sigmas": [float(s) for s in sigmas.tolist()],
+        "dtype": str(model.get_dtype()).removeprefix("torch."),
+    }
+    try:
+        import comfyui_version
+
+        settings["comfyui_version"] = comfyui_version.__version__
+    except ImportError:
+        pass
+    return settings
+
+
+def _finish(recording: Recording, guider: Any, sampler: Any, sigmas: torch.Tensor, seed: Any) -> Path:
+    """Turn the recording into a run, add it to the saved curve and write the file."""
+    target = recording.target
+    measured = recording.measurements()
+    if not measured.get("cond"):
+        raise CurveError(
+            f"calibration '{target.file_name}': the run made fewer than 2 model calls per conditioning; "
+            "nothing was saved"
+        )
+    run = CalibrationRun(roles=combine_roles(measured), settings=_settings(guider, sampler, sigmas, seed))
+    path = catalog.saved_curve_target(target.file_name)
+    cond = run.roles["cond"]
+    runs = [*_saved_runs(target, path, (cond.sigma[0], cond.sigma[-1])), run]
+    curve = curve_from_runs(Path(target.file_name).stem, runs, target.model)
+    save_curve(curve, path)
+    _log_saved(curve, path, recording)
+    return path
+
+
+def _log_saved(curve: MagnitudeCurve, path: Path, recording: Recording) -> None:
+    log.info("MagCache Calibrate: saved '%s' to %s: %s", path.name, path, summary(curve))
+    if recording.unattributed:
+        log.warning(
+            "MagCache Calibrate: %d batch(es) did not say which conditioning they held and were not measured",
+            recording.unattributed,
+        )
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
+    """Record this sampling run in a fresh state and save the curve when it completes.
+
+    Arguments are ComfyUI's ``outer_sample(noise, latent_image, sampler, sigmas,
+    denoise_mask, callback, disable_pbar, seed, ...)``.
+    """
+    guider = executor.class_obj
+    transformer_options = guider.model_options.get("transformer_options", {})
+    target = transformer_options.get(KEY)
+    if not isinstance(target, CalibrationTarget):
+        return executor(*args, **kwargs)
+    if engine.KEY in transformer_options:
+        raise ValueError(
+            "MagCache Calibrate: a MagCache node is applied to the same model. Calibration needs every step "
+            "computed: bypass the MagCache node while calibrating"
+        )
+    sampler, seed = _arg(args, kwargs, 2, "sampler"), _arg(args, kwargs, 7, "seed")
+    sigmas = _arg(args, kwargs, 3, "sigmas").detach().flatten().cpu()
+    path = catalog.saved_curve_target(target.file_name)
+    # Refuse now, before the generation, a run that could not be added to the saved curve.
+    calls = sigmas[:-1]
+    if calls.numel():
+        _saved_runs(target, path, (float(calls.max()), float(calls.min())))
+    recording = Recording(target=target)
+    orig_options = guider.model_options
+    import comfy.model_patcher
+
+    options = comfy.model_patcher.create_model_options_clone(orig_options)
+    options = engine.install_block_patches(
+        options, guider.model_patcher.model.diffusion_model, target.architecture, partial(_ends_only, recording)
+    )
+    options["transformer_options"][KEY] = recording
+    log.info("MagCache Calibrate: recording this run for '%s' (nothing is skipped)", target.file_name)
+    guider.model_options = options
+    try:
+        out = executor(*args, **kwargs)
+        _finish(recording, guider, sampler, sigmas, seed)
+        return out
+    finally:
+        guider.model_options = orig_options
+        recording.free()
+
+
+def apply_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
+    """Tell the block patches which conditionings this batch holds, and at which sigma.
+
+    Arguments are ComfyUI's ``apply_model(x, t, c_concat, c_crossattn, control, transformer_options, ...)``.
+    """
+    transformer_options = _arg(args, kwargs, 5, "transformer_options") or {}
+    recording = transformer_options.get(KEY)
+    if not isinstance(recording, Recording):
+        return executor(*args, **kwargs)
+    t = _arg(args, kwargs, 1, "t")
+    recording.batch = _Batch(
+        keys=tuple(transformer_options.get("uuids") or ()),
+        roles=tuple(transformer_options.get("cond_or_uncond") or ()),
+        sigma=t.detach().reshape(-1)[:1],
+    )
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        recording.batch = None
+
+
+def attach(model: Any, target: CalibrationTarget) -> None:
+    """Attach the recorder to ``model`` (a clone the caller owns) through official wrappers.
+
+    A recorder attached earlier in the chain is replaced, not stacked.
+    """
+    import comfy.patcher_extension as ext
+
+    wrappers = {
+        ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
+        ext.WrappersMP.APPLY_MODEL: apply_model_wrapper,
+    }
+    for kind, fn in wrappers.items():
+        model.remove_wrappers_with_key(kind, KEY)
+        model.add_wrapper_with_key(kind, KEY, fn)
+    model.model_options.setdefault("transformer_options", {})[KEY] = target

@@ -1,0 +1,484 @@
+"""MagCache Calibrate in the real host, on tiny random-weight Wan, Flux and Qwen-Image models.
+
+What a calibration must do: leave the generation exactly as it is, record
+what the block stack really does (checked here against our own computation
+from forward hooks on the first and last block, which share no code with the
+recorder), save a valid file where ComfyUI looks for it, combine runs, refuse
+bad files and names with messages that name the problem, and leave nothing
+behind, even when a run fails.
+
+Saved curves go to a temporary models folder: the tests never write into the
+checkout's ``models/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import comfy.sample
+import comfy.samplers
+import numpy as np
+import pytest
+import tiny_models
+import torch
+from conftest import BlockCounter
+
+from comfyui_magcache.calibration import recorder
+from comfyui_magcache.calibration.curve import CurveError, MagnitudeCurve
+from comfyui_magcache.calibration.curve_file import load_curve
+from comfyui_magcache.calibration.runs import pack_version, runs_of
+from comfyui_magcache.nodes import engine
+from comfyui_magcache.nodes.architectures import architecture_of
+from comfyui_magcache.nodes.calibrate_node import MagCacheCalibrate, MagCacheCurvePlot
+from comfyui_magcache.nodes.magcache_node import MagCacheApply
+from comfyui_magcache.nodes.policy import Plan, plan_run
+
+STEPS = 20
+FAMILIES = ["wan21_t2v", "flux", "qwen_image"]
+
+#: Per family, independently of the pack's architecture table: the first and the last
+#: block of the stack, and whether the last block's output carries text tokens before
+#: the image tokens (Flux's single-stream blocks).
+ENDS = {
+    "wan21_t2v": (("blocks", 0), ("blocks", -1), False),
+    "flux": (("double_blocks", 0), ("single_blocks", -1), True),
+    "qwen_image": (("transformer_blocks", 0), ("transformer_blocks", -1), False),
+}
+
+
+@pytest.fixture
+def curve_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """ComfyUI's models folder, and its ``magcache`` entry, moved to a temporary folder."""
+    import folder_paths
+
+    models = tmp_path / "models"
+    monkeypatch.setattr(folder_paths, "models_dir", str(models))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "magcache", ([str(models / "magcache")], {".safetensors"}))
+    monkeypatch.delitem(folder_paths.filename_list_cache, "magcache", raising=False)
+    return models / "magcache"
+
+
+@pytest.fixture(scope="module")
+def wan() -> tiny_models.TinyModel:
+    return tiny_models.build("wan21_t2v")
+
+
+def sample(tiny: tiny_models.TinyModel, patcher: Any, steps: int = STEPS, seed: int = 0, **kw: Any) -> torch.Tensor:
+    latent = comfy.sample.fix_empty_latent_channels(patcher, tiny.latent)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(
+        patcher, noise, steps, tiny.cfg, kw.pop("sampler", "euler"), kw.pop("scheduler", "simple"),
+        tiny.positive, tiny.negative, latent, seed=seed, disable_pbar=True, **kw,
+    )
+
+
+def calibrate(patcher: Any, name: str, if_exists: str = "combine") -> tuple[Any, str]:
+    return MagCacheCalibrate().calibrate(patcher, name, if_exists)
+
+
+def leftovers(patcher: Any) -> tuple:
+    """Everything a leftover of a run could hide in."""
+    dm = patcher.model.diffusion_model
+    return (
+        repr(patcher.model_options),
+        repr(patcher.wrappers),
+        sorted(vars(patcher.model)),
+        sorted(vars(dm)),
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in dm.modules()),
+    )
+
+
+def smooth_timestep_response(tiny: tiny_models.TinyModel) -> None:
+    """Make the tiny model's residual a smooth function of sigma, as a trained model's is.
+
+    Random weights on the sinusoidal timestep features make the residual
+    oscillate with sigma faster than any step count samples it, so per-step
+    ratios would depend on where the steps fall. Training damps those
+    frequencies; here the high-frequency half of the features is switched off.
+    """
+    dm = tiny.patcher.model.diffusion_model
+    first = {
+        "wan21_t2v": lambda: dm.time_embedding[0],
+        "flux": lambda: dm.time_in.in_layer,
+        "qwen_image": lambda: dm.time_text_embed.timestep_embedder.linear_1,
+    }[tiny.family]()
+    half = first.weight.shape[1] // 2  # [cos | sin] (or [sin | cos]), frequencies high to low in each
+    with torch.no_grad():
+        first.weight[:, : half // 2] = 0
+        first.weight[:, half : half + half // 2] = 0
+
+
+class BlockObserver:
+    """Our own measurement of the residual, sharing nothing with the recorder.
+
+    Forward hooks on the first and last block capture what enters and leaves
+    the stack; ComfyUI's unet function wrapper says which conditionings each
+    batch holds and at which sigma.
+    """
+
+    def __init__(self, tiny: tiny_models.TinyModel, patcher: Any) -> None:
+        (first_attr, first_i), (last_attr, last_i), self.text_first = ENDS[tiny.family]
+        dm = patcher.model.diffusion_model
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
+        self.batches: list[tuple[list[int], float]] = []
+        self.handles = [
+            getattr(dm, first_attr)[first_i].register_forward_pre_hook(self._enter, with_kwargs=True),
+            getattr(dm, last_attr)[last_i].register_forward_hook(self._leave),
+        ]
+        patcher.set_model_unet_function_wrapper(self._batch)
+
+    def _enter(self, module: Any, args: tuple, kwargs: dict) -> None:
+        x = kwargs.get("img", kwargs.get("hidden_states"))
+        self.inputs.append((x if x is not None else args[0]).detach().clone())
+
+    def _leave(self, module: Any, args: tuple, output: Any) -> None:
+        y = output[1] if isinstance(output, tuple) else output  # Qwen-Image blocks return (text, image)
+        self.outputs.append(y.detach().clone())
+
+    def _batch(self, apply_model: Any, args: dict[str, Any]) -> torch.Tensor:
+        self.batches.append((list(args["cond_or_uncond"]), float(args["timestep"][0])))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def expected(self) -> dict[int, np.ndarray]:
+        """Per role: rows of (sigma, mean ratio, token std of the ratio, mean cosine distance), in float64."""
+        assert len(self.inputs) == len(self.outputs) == len(self.batches)
+        previous: dict[int, torch.Tensor] = {}
+        rows: dict[int, list[list[float]]] = {}
+        for (roles, sigma), x, y in zip(self.batches, self.inputs, self.outputs):
+            if self.text_first:
+                y = y[:, y.shape[1] - x.shape[1] :]
+            r = (y - x).double()
+            for role, part in zip(roles, r.chunk(len(roles))):
+                if role in previous:
+                    prev = previous[role]
+                    na, nb = part.norm(dim=-1), prev.norm(dim=-1)
+                    ratio = na / nb
+                    cos = 1 - (part * prev).sum(dim=-1) / (na * nb)
+                    rows.setdefault(role, []).append(
+                        [sigma, ratio.mean().item(), ratio.std(unbiased=False).item(), cos.mean().item()]
+                    )
+                previous[role] = part
+        return {role: np.array(v) for role, v in rows.items()}
+
+
+@pytest.fixture
+def observer() -> Iterator[list[BlockObserver]]:
+    made: list[BlockObserver] = []
+    yield made
+    for o in made:
+        o.close()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_calibration_only_observes_and_records_the_true_ratios(
+    family: str, curve_folder: Path, observer: list[BlockObserver], magcache_log: pytest.LogCaptureFixture
+) -> None:
+    tiny = tiny_models.build(family)
+    baseline = sample(tiny, tiny.patcher)
+    untouched = leftovers(tiny.patcher)
+
+    patched, name = calibrate(tiny.patcher, f"tiny {family}")
+    assert name == f"tiny_{family}.safetensors"
+    attached = leftovers(patched)
+    watched = patched.clone()
+    observer.append(BlockObserver(tiny, watched))
+    out = sample(tiny, watched)
+
+    # The calibration run's output is the normal, uncached one, bit for bit.
+    assert torch.equal(out, baseline)
+    # One file, in the curve folder, and a console line saying where it went.
+    path = curve_folder / name
+    assert sorted(p.name for p in curve_folder.iterdir()) == [name]
+    assert f"saved '{name}' to {path}" in magcache_log.text
+    assert "1 run(s)" in magcache_log.text
+
+    # The recorded quantities equal our own computation from the blocks' inputs and outputs.
+    curve = load_curve(path)
+    expected = observer[0].expected()
+    assert set(curve.roles) == {"cond", "uncond"}
+    for role_name, role in (("cond", 0), ("uncond", 1)):
+        rc, want = curve.roles[role_name], expected[role]
+        np.testing.assert_allclose(rc.sigma[1:], want[:, 0], rtol=1e-6)
+        np.testing.assert_allclose(rc.ratio, want[:, 1], rtol=1e-5)
+        np.testing.assert_allclose(rc.ratio_std, want[:, 2], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(rc.cosine_distance, want[:, 3], rtol=1e-4, atol=1e-6)
+    assert len(curve.roles["cond"].sigma) == STEPS
+
+    # What is needed to judge fit later.
+    meta = curve.metadata
+    dm = tiny.patcher.model.diffusion_model
+    assert meta["architecture"] == architecture_of(dm).name
+    assert meta["model_config"] == type(tiny.patcher.model.model_config).__name__
+    assert meta["fingerprint"]["parameters"] == sum(p.numel() for p in dm.parameters())
+    assert meta["pack_version"] == pack_version() != "unknown"
+    (run,) = meta["runs"]
+    settings = (run["sampler"], run["scheduler"], run["steps"], run["cfg"], run["seed"])
+    assert settings == ("euler", "simple", STEPS, tiny.cfg, 0)
+    sigmas = comfy.samplers.calculate_sigmas(tiny.patcher.model.model_sampling, "simple", STEPS)
+    np.testing.assert_allclose(run["sigmas"], sigmas.tolist(), rtol=1e-6)
+    assert datetime.fromisoformat(run["date"]).tzinfo is not None
+
+    # Nothing left behind on the user's model or on the calibrating clone.
+    observer[0].close()
+    assert leftovers(tiny.patcher) == untouched
+    assert leftovers(patched) == attached
+    # The MagCache node's curve list shows the new curve, without a restart.
+    assert name in MagCacheApply.INPUT_TYPES()["required"]["curve"][0]
+
+
+def test_runs_into_one_name_are_combined_with_their_spread(curve_folder: Path) -> None:
+    tiny = tiny_models.build("wan21_t2v")
+    smooth_timestep_response(tiny)
+    patched, name = calibrate(tiny.patcher, "combined")
+    for seed in (0, 1, 2):
+        latent = sample(tiny, patched, seed=seed)
+    curve = load_curve(curve_folder / name)
+    runs = runs_of(curve)
+    assert [r.settings["seed"] for r in runs] == [0, 1, 2]
+    for role in ("cond", "uncond"):
+        ratio = np.array([r.roles[role].ratio for r in runs])
+        token_var = np.array([r.roles[role].ratio_std for r in runs]) ** 2
+        np.testing.assert_allclose(curve.roles[role].ratio, ratio.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(curve.roles[role].ratio_std, np.sqrt(token_var.mean(axis=0) + ratio.var(axis=0)))
+        assert np.all(ratio.std(axis=0) > 0)  # different seeds really differ
+
+    (image,) = MagCacheCurvePlot().plot(name, samples={"samples": latent})
+    assert image.shape == (1, 540, 960, 3) and image.dtype == torch.float32
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    if os.environ.get("MAGCACHE_DOCS_PLOT"):  # how docs/calibration_plot.png was made
+        from PIL import Image
+
+        Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(os.environ["MAGCACHE_DOCS_PLOT"])
+
+    # 'replace' starts the curve over.
+    restarted, _ = calibrate(tiny.patcher, "combined", "replace")
+    sample(tiny, restarted, seed=5)
+    assert [r.settings["seed"] for r in runs_of(load_curve(curve_folder / name))] == [5]
+
+
+def test_magcache_with_a_just_saved_curve_decides_as_with_that_curve_in_memory(
+    wan: tiny_models.TinyModel, curve_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved: list[MagnitudeCurve] = []
+    real_save = recorder.save_curve
+
+    def keep(curve: MagnitudeCurve, path: Path) -> Path:
+        saved.append(curve)
+        return real_save(curve, path)
+
+    monkeypatch.setattr(recorder, "save_curve", keep)
+    patched, name = calibrate(wan.patcher, "decisions")
+    sample(wan, patched)
+    (in_memory,) = saved
+
+    threshold, k, retention = 0.2, 3, 0.2
+    arch = architecture_of(wan.patcher.model.diffusion_model)
+    from_memory = wan.patcher.clone()
+    engine.attach(from_memory, engine.MagCacheConfig(in_memory, arch, threshold, k, retention))
+    (from_file,) = MagCacheApply().apply(wan.patcher, name, threshold, k, retention, 0.0, 1.0, "compute")
+
+    blocks = list(wan.patcher.model.diffusion_model.blocks)
+    results = []
+    for patcher in (from_memory, from_file):
+        counter = BlockCounter(blocks)
+        try:
+            results.append((sample(wan, patcher), counter.calls))
+        finally:
+            counter.close()
+    (out_a, calls_a), (out_b, calls_b) = results
+    assert calls_a == calls_b < STEPS * len(blocks)  # the same calls skipped, and some were
+    assert torch.equal(out_a, out_b)
+
+    loaded = from_file.model_options["transformer_options"][engine.KEY].curve
+    sigmas = comfy.samplers.calculate_sigmas(wan.patcher.model.model_sampling, "simple", STEPS).tolist()
+    settings = engine.MagCacheConfig(in_memory, arch, threshold, k, retention).settings_for(
+        wan.patcher.model.model_sampling
+    )
+    assert plan_run(loaded, settings, sigmas, (0, 1)) == plan_run(in_memory, settings, sigmas, (0, 1))
+
+
+def computed_steps(plan: Plan) -> list[int]:
+    return [i for i, skip in enumerate(plan.skips) if not skip]
+
+
+def within_one_step(a: Plan, b: Plan) -> bool:
+    """Same number of computed steps give or take one, each within one step of one in the other plan."""
+    ca, cb = computed_steps(a), computed_steps(b)
+    near = all(min(abs(i - j) for j in cb) <= 1 for i in ca) and all(min(abs(i - j) for j in ca) <= 1 for i in cb)
+    return abs(len(ca) - len(cb)) <= 1 and near
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_30_step_calibration_plans_50_steps_like_a_50_step_calibration(
+    family: str, curve_folder: Path, magcache_log: pytest.LogCaptureFixture
+) -> None:
+    tiny = tiny_models.build(family)
+    smooth_timestep_response(tiny)
+    curves = {}
+    for steps in (30, 50):
+        patched, name = calibrate(tiny.patcher, f"{family}_{steps}steps")
+        sample(tiny, patched, steps=steps)
+        curves[steps] = load_curve(curve_folder / name)
+    assert len(curves[30].roles["cond"].sigma) == 30
+
+    arch = architecture_of(tiny.patcher.model.diffusion_model)
+    model_sampling = tiny.patcher.model.model_sampling
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, "simple", 50).tolist()
+    skipped_somewhere = False
+    for threshold in (0.01, 0.02, 0.05):
+        config = engine.MagCacheConfig(curves[50], arch, threshold, 10, 0.2)
+        plans = [plan_run(c, config.settings_for(model_sampling), sigmas, (0, 1)) for c in (curves[30], curves[50])]
+        assert within_one_step(*plans), (threshold, [p.skips for p in plans])
+        skipped_somewhere |= plans[1].computed < plans[1].total
+    assert skipped_somewhere
+
+    # And the 30-step curve drives a real 50-step run: the engine follows the plan it announced.
+    if family == "wan21_t2v":
+        curve_30 = f"{family}_30steps.safetensors"
+        (fast,) = MagCacheApply().apply(tiny.patcher, curve_30, 0.05, 10, 0.2, 0.0, 1.0, "compute")
+        magcache_log.clear()
+        sample(tiny, fast, steps=50)
+        line = next(r.getMessage() for r in magcache_log.records if "skipped the block stack" in r.getMessage())
+        skipped, total = line.split("skipped the block stack on ")[1].split(" model calls")[0].split(" of ")
+        assert f"(plan: {skipped} of {total})" in line and int(skipped) > 0
+
+
+def test_multi_call_samplers_give_one_ratio_per_noise_level(wan: tiny_models.TinyModel, curve_folder: Path) -> None:
+    patched, name = calibrate(wan.patcher, "heun")
+    sample(wan, patched, steps=12, sampler="heun")
+    curve = load_curve(curve_folder / name)
+    assert len(curve.roles["cond"].sigma) == 12  # heun's second call at each next sigma is folded in
+    assert curve.metadata["runs"][0]["sampler"] == "heun"
+
+
+def _write_curve_file(path: Path, tensors: dict[str, np.ndarray], metadata: str = "{}") -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": "comfyui-magcache/curve", "format_version": "1", "metadata": metadata}
+    save_file(tensors, str(path), metadata=header)
+
+
+GOOD = {"cond.sigma": np.array([1.0, 0.5, 0.1]), "cond.ratio": np.array([0.99, 0.9])}
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ({**GOOD, "cond.ratio": np.array([0.99, np.nan])}, "NaN or infinite"),
+        ({**GOOD, "cond.ratio": np.array([0.99, -0.5])}, "ratios must be positive"),
+        ({**GOOD, "cond.sigma": np.array([0.1, 0.5, 1.0])}, "strictly decreasing"),
+        ({**GOOD, "cond.ratio": np.array([0.99])}, "expected 2"),
+        ({**GOOD, "uncond.sigma": np.array([1.0, 0.2]), "uncond.ratio": np.array([0.9])}, "share one sigma grid"),
+        ({"cond.sigma": np.array([1.0, 0.5])}, "lacks the tensor 'cond.ratio'"),
+    ],
+)
+def test_a_bad_saved_curve_is_refused_naming_the_file(
+    wan: tiny_models.TinyModel, curve_folder: Path, tensors: dict[str, np.ndarray], message: str
+) -> None:
+    path = curve_folder / "bad.safetensors"
+    _write_curve_file(path, tensors)
+    with pytest.raises(CurveError, match=message) as err:
+        MagCacheApply().apply(wan.patcher, "bad.safetensors", -1, -1, -1, 0.0, 1.0, "compute")
+    assert str(path.resolve()) in str(err.value)
+
+    # Calibrating into it refuses too, before the generation starts, and leaves the file alone.
+    before = path.read_bytes()
+    patched, _ = calibrate(wan.patcher, "bad")
+    counter = BlockCounter(list(wan.patcher.model.diffusion_model.blocks))
+    try:
+        with pytest.raises(CurveError, match=message) as err:
+            sample(wan, patched)
+        assert counter.calls == 0
+    finally:
+        counter.close()
+    assert str(path.resolve()) in str(err.value)
+    assert path.read_bytes() == before
+
+
+def test_runs_of_another_model_or_without_runs_are_not_combined(
+    wan: tiny_models.TinyModel, curve_folder: Path
+) -> None:
+    flux = tiny_models.build("flux")
+    patched, _ = calibrate(flux.patcher, "shared")
+    sample(flux, patched, steps=10)
+    with pytest.raises(CurveError, match="calibrated on another model") as err:
+        sample(wan, calibrate(wan.patcher, "shared")[0], steps=10)
+    assert "'replace'" in str(err.value)
+
+    _write_curve_file(curve_folder / "handmade.safetensors", GOOD)
+    with pytest.raises(CurveError, match="keeps no calibration runs"):
+        sample(wan, calibrate(wan.patcher, "handmade")[0], steps=10)
+    # With 'replace' both start over.
+    sample(wan, calibrate(wan.patcher, "handmade", "replace")[0], steps=10)
+    assert len(runs_of(load_curve(curve_folder / "handmade.safetensors"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("typed", "saved_as"),
+    [
+        ("../../escape", "____escape.safetensors"),
+        ("/etc/evil", "_etc_evil.safetensors"),
+        ("my wan: v2?", "my_wan_v2_.safetensors"),
+        ("wan-1.3B_30steps.safetensors", "wan-1.3B_30steps.safetensors"),
+    ],
+)
+def test_a_typed_name_cannot_leave_the_curve_folder(
+    wan: tiny_models.TinyModel, curve_folder: Path, tmp_path: Path, typed: str, saved_as: str
+) -> None:
+    patched, name = calibrate(wan.patcher, typed)
+    assert name == saved_as
+    sample(wan, patched, steps=10)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == [f"models/magcache/{saved_as}"]
+
+
+def test_a_name_with_nothing_usable_is_refused(wan: tiny_models.TinyModel) -> None:
+    with pytest.raises(CurveError, match="no usable characters"):
+        calibrate(wan.patcher, "../..")
+
+
+class CancelledError(Exception):
+    pass
+
+
+def test_a_cancelled_run_saves_nothing_and_leaves_nothing(wan: tiny_models.TinyModel, curve_folder: Path) -> None:
+    patched, name = calibrate(wan.patcher, "cancelled")
+    attached, untouched = leftovers(patched), leftovers(wan.patcher)
+
+    def cancel(step: int, *_: Any) -> None:
+        if step == 5:
+            raise CancelledError
+
+    with pytest.raises(CancelledError):
+        sample(wan, patched, callback=cancel)
+    assert not (curve_folder / name).exists()
+    assert leftovers(patched) == attached and leftovers(wan.patcher) == untouched
+    # The next run records from scratch and saves.
+    sample(wan, patched)
+    assert len(runs_of(load_curve(curve_folder / name))) == 1
+
+
+def test_magcache_on_a_calibrating_model_is_refused(wan: tiny_models.TinyModel, curve_folder: Path) -> None:
+    patched, _ = calibrate(wan.patcher, "with_magcache")
+    (both,) = MagCacheApply().apply(patched, "wan2.1_t2v_1.3B", 0.2, 3, 0.2, 0.0, 1.0, "compute")
+    with pytest.raises(ValueError, match="bypass the MagCache node while calibrating"):
+        sample(wan, both)
+    assert not curve_folder.exists() or not any(curve_folder.iterdir())
+
+
+def test_an_unsupported_model_cannot_be_calibrated() -> None:
+    family = next((f for f in ("lumina2", "cosmos", "hidream") if f in tiny_models.available_families()), None)
+    if family is None:
+        pytest.skip("this ComfyUI has none of the families without block patches")
+    with pytest.raises(ValueError, match="offers no block patches"):
+        calibrate(tiny_models.build(family).patcher, "nope")
