@@ -13,6 +13,7 @@ checkout's ``models/``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from datetime import datetime
@@ -482,3 +483,97 @@ def test_an_unsupported_model_cannot_be_calibrated() -> None:
         pytest.skip("this ComfyUI has none of the families without block patches")
     with pytest.raises(ValueError, match="offers no block patches"):
         calibrate(tiny_models.build(family).patcher, "nope")
+
+
+# -- the example workflow --------------------------------------------------------------------------------------
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "example_workflows" / "magcache_calibrate.json"
+#: Model-file lists are the user's: their entries are not checked.
+FILE_WIDGETS = {"unet_name", "clip_name", "vae_name"}
+_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def node_classes() -> dict[str, type]:
+    """Every node class the example uses, as this ComfyUI defines it, plus ours."""
+    import importlib
+
+    import nodes
+
+    from comfyui_magcache.nodes.mappings import NODE_CLASS_MAPPINGS
+
+    classes = {**nodes.NODE_CLASS_MAPPINGS, **NODE_CLASS_MAPPINGS}
+    for name in ("comfy_extras.nodes_model_advanced", "comfy_extras.nodes_hunyuan", "comfy_extras.nodes_video"):
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if isinstance(value, type) and hasattr(value, "INPUT_TYPES"):
+                classes.setdefault(attr, value)
+    return classes
+
+
+def widget_specs(cls: type) -> list[tuple[str, str, dict[str, Any]]]:
+    """The widgets the page shows for a node, in order, as (name, type, options); seeds get their control widget."""
+    out = []
+    spec = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, (typ, *rest) in spec.get(section, {}).items():
+            opts = dict(rest[0]) if rest else {}
+            if opts.get("forceInput"):
+                continue
+            if isinstance(typ, list):
+                out.append((name, "COMBO", {**opts, "options": typ}))
+            elif typ in _WIDGET_TYPES:
+                out.append((name, str(typ), opts))
+            else:
+                continue
+            if typ == "INT" and (name in ("seed", "noise_seed") or opts.get("control_after_generate")):
+                out.append((f"{name} control", "COMBO", {"options": ["fixed", "increment", "decrement", "randomize"]}))
+    return out
+
+
+def test_the_example_workflow_matches_this_comfyuis_nodes() -> None:
+    workflow = json.loads(WORKFLOW.read_text())
+    assert workflow["version"] == 0.4
+    classes = node_classes()
+    by_id = {n["id"]: n for n in workflow["nodes"]}
+    types = [n["type"] for n in workflow["nodes"]]
+    assert {"MagCacheCalibrate", "MagCacheCurvePlot", "Note", "KSampler", "UNETLoader"} <= set(types)
+    assert "MagCacheApply" not in types  # calibration needs every step computed
+    for n in workflow["nodes"]:
+        if n["type"] == "Note":
+            assert "MagCache Calibrate" in n["widgets_values"][0]
+            continue
+        cls = classes[n["type"]]
+        specs = widget_specs(cls)
+        values = n["widgets_values"]
+        assert len(values) == len(specs), (n["type"], values, [s[0] for s in specs])
+        for (name, typ, opts), value in zip(specs, values):
+            where = f"{n['type']}.{name} = {value!r}"
+            if typ == "COMBO":
+                if name not in FILE_WIDGETS:
+                    assert value in opts["options"], where
+            elif typ == "BOOLEAN":
+                assert isinstance(value, bool), where
+            elif typ == "STRING":
+                assert isinstance(value, str), where
+            else:
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+                assert opts.get("min", value) <= value <= opts.get("max", value), where
+        # Every required input that is not a widget is connected.
+        sockets = {i["name"]: i for i in n["inputs"]}
+        required = cls.INPUT_TYPES().get("required", {})
+        for name, (typ, *rest) in required.items():
+            if isinstance(typ, list) or (typ in _WIDGET_TYPES and not (rest and rest[0].get("forceInput"))):
+                continue
+            assert sockets.get(name, {}).get("link") is not None, f"{n['type']}.{name} is not connected"
+    for link_id, src, src_slot, dst, dst_slot, typ in workflow["links"]:
+        out_types = [str(t) for t in classes[by_id[src]["type"]].RETURN_TYPES]
+        assert out_types[src_slot] == typ == by_id[src]["outputs"][src_slot]["type"], link_id
+        target = by_id[dst]["inputs"][dst_slot]
+        assert target["type"] == typ and target["link"] == link_id
+        spec = classes[by_id[dst]["type"]].INPUT_TYPES()
+        declared = {**spec.get("required", {}), **spec.get("optional", {})}[target["name"]]
+        assert str(declared[0]) == typ, (link_id, target["name"])
+    # The plot waits for the sampler, and shows the curve the Calibrate node writes.
+    plot = next(n for n in workflow["nodes"] if n["type"] == "MagCacheCurvePlot")
+    sources = {link[4]: (by_id[link[1]]["type"], link[2]) for link in workflow["links"] if link[3] == plot["id"]}
+    assert sources == {0: ("MagCacheCalibrate", 1), 1: ("KSampler", 0)}
