@@ -353,6 +353,54 @@ def test_a_30_step_calibration_plans_50_steps_like_a_50_step_calibration(
         assert f"(plan: {skipped} of {total})" in line and int(skipped) > 0
 
 
+def test_cond_and_uncond_run_apart_give_the_same_curve(
+    wan: tiny_models.TinyModel, curve_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When memory is short ComfyUI runs cond and uncond as separate batches; the curve must not change."""
+    first_block = [wan.patcher.model.diffusion_model.blocks[0]]
+    together, name = calibrate(wan.patcher, "together")
+    counter = BlockCounter(first_block)
+    try:
+        sample(wan, together)
+    finally:
+        counter.close()
+    assert counter.calls == STEPS  # cond and uncond in one batch
+    batched = load_curve(curve_folder / name)
+    import comfy.model_management
+
+    real = comfy.model_management.get_free_memory
+
+    def short_of_memory(dev: Any = None, torch_free_too: bool = False) -> Any:
+        # The sampler's batching asks without torch_free_too; attention's own query is answered truly.
+        return real(dev, torch_free_too) if torch_free_too else 1
+
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", short_of_memory)
+    apart, name = calibrate(wan.patcher, "apart")
+    counter = BlockCounter(first_block)
+    try:
+        sample(wan, apart)
+    finally:
+        counter.close()
+    assert counter.calls == 2 * STEPS  # one batch each
+    split = load_curve(curve_folder / name)
+    for role in ("cond", "uncond"):
+        assert split.roles[role].sigma == batched.roles[role].sigma
+        np.testing.assert_allclose(split.roles[role].ratio, batched.roles[role].ratio, rtol=1e-4)
+
+
+def test_without_cfg_only_the_positive_conditioning_is_recorded(
+    wan: tiny_models.TinyModel, curve_folder: Path
+) -> None:
+    patched, name = calibrate(wan.patcher, "no_cfg")
+    latent = comfy.sample.fix_empty_latent_channels(patched, wan.latent)
+    comfy.sample.sample(
+        patched, comfy.sample.prepare_noise(latent, 0), 12, 1.0, "euler", "simple", wan.positive, wan.negative,
+        latent, seed=0, disable_pbar=True,
+    )
+    curve = load_curve(curve_folder / name)
+    assert set(curve.roles) == {"cond"} and curve.metadata["runs"][0]["cfg"] == 1.0
+
+
 def test_multi_call_samplers_give_one_ratio_per_noise_level(wan: tiny_models.TinyModel, curve_folder: Path) -> None:
     patched, name = calibrate(wan.patcher, "heun")
     sample(wan, patched, steps=12, sampler="heun")
