@@ -21,10 +21,11 @@ import comfy.samplers
 import pytest
 import tiny_models
 import torch
+from conftest import BlockCounter
+
 from comfyui_magcache.nodes import engine
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
 from comfyui_magcache.nodes.policy import SkipPolicy
-from conftest import BlockCounter
 
 STEPS = 12
 CURVE = "wan2.1_t2v_1.3B"

@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import tiny_models
 import torch
+from conftest import BlockCounter
+
 from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve
 from comfyui_magcache.nodes import engine
 from comfyui_magcache.nodes.architectures import architecture_of
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
-from conftest import BlockCounter
 
 STEPS = 12
 #: Families whose ComfyUI code offers no working block patches (see README's table).

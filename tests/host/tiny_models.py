@@ -64,7 +64,7 @@ BLOCK_LISTS: dict[str, tuple[str, ...]] = {
     "auraflow": ("double_layers", "single_layers"),
     "hunyuan_dit": ("blocks",),
     "kandinsky5": ("text_transformer_blocks", "visual_transformer_blocks"),
-    "lumina2": ("noise_refiner", "context_refiner", "layers"),
+    "lumina2": ("context_refiner", "noise_refiner", "layers"),
     "hidream": ("double_stream_blocks", "single_stream_blocks"),
     "cosmos": ("blocks",),
 }
@@ -109,7 +109,7 @@ def _randomize(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _via_loader(module: torch.nn.Module, seed: int, metadata: dict | None = None) -> Any:
+def _via_loader(module: torch.nn.Module, seed: int) -> Any:
     """Load ``module``'s randomized weights through the user-facing loader.
 
     Asserts that detection rebuilt a module with the same keys and shapes, so
@@ -119,7 +119,7 @@ def _via_loader(module: torch.nn.Module, seed: int, metadata: dict | None = None
 
     sd = _randomize(module, seed)
     expected = {k: tuple(v.shape) for k, v in sd.items()}
-    patcher = comfy.sd.load_diffusion_model_state_dict(dict(sd), metadata=metadata)
+    patcher = comfy.sd.load_diffusion_model_state_dict(dict(sd))
     if patcher is None:
         raise RuntimeError(f"ComfyUI did not recognise {type(module).__name__}")
     got = {k: tuple(v.shape) for k, v in patcher.model.diffusion_model.state_dict().items()}
@@ -198,9 +198,21 @@ def _wan(seed: int, *, model_type: str, in_dim: int, out_dim: int, **extra: Any)
     import comfy.ldm.wan.model as wan
 
     kw: dict[str, Any] = dict(
-        model_type=model_type, patch_size=(1, 2, 2), in_dim=in_dim, dim=256, ffn_dim=512, freq_dim=256,
-        text_dim=4096, out_dim=out_dim, num_heads=2, num_layers=4, window_size=(-1, -1), qk_norm=True,
-        cross_attn_norm=True, eps=1e-6, operations=_ops(),
+        model_type=model_type,
+        patch_size=(1, 2, 2),
+        in_dim=in_dim,
+        dim=256,
+        ffn_dim=512,
+        freq_dim=256,
+        text_dim=4096,
+        out_dim=out_dim,
+        num_heads=2,
+        num_layers=4,
+        window_size=(-1, -1),
+        qk_norm=True,
+        cross_attn_norm=True,
+        eps=1e-6,
+        operations=_ops(),
     )
     kw.update(extra)
     cls = wan.VaceWanModel if model_type == "vace" else wan.WanModel
@@ -255,15 +267,32 @@ def _build_wan22_ti2v_5b(seed: int) -> TinyModel:
 def _hunyuan_video_kwargs(**extra: Any) -> dict[str, Any]:
     """HunyuanVideo params as detection would produce them, at hidden 256 (2 heads of 128)."""
     kw: dict[str, Any] = dict(
-        image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-        hidden_size=256, mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56],
-        theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True,
+        image_model="hunyuan_video",
+        in_channels=16,
+        out_channels=16,
+        vec_in_dim=768,
+        context_in_dim=4096,
+        hidden_size=256,
+        mlp_ratio=4.0,
+        num_heads=2,
+        depth=2,
+        depth_single_blocks=2,
+        axes_dim=[16, 56, 56],
+        theta=256,
+        patch_size=[1, 2, 2],
+        qkv_bias=True,
+        guidance_embed=True,
     )
     import comfy.ldm.hunyuan_video.model as hv
 
     fields = getattr(hv.HunyuanVideoParams, "__dataclass_fields__", {})
-    for name, default in (("byt5", False), ("meanflow", False), ("use_cond_type_embedding", False),
-                          ("vision_in_dim", None), ("meanflow_sum", False)):
+    for name, default in (
+        ("byt5", False),
+        ("meanflow", False),
+        ("use_cond_type_embedding", False),
+        ("vision_in_dim", None),
+        ("meanflow_sum", False),
+    ):
         if name in fields:
             kw[name] = default
     kw.update(extra)
@@ -280,12 +309,25 @@ def _build_hunyuan_video(seed: int) -> TinyModel:
 
 
 def _build_hunyuan_video15(seed: int) -> TinyModel:
-    """HunyuanVideo 1.5: 32-ch latent, patch 1, in 65 = noise+image+mask, vision_in 1152, byT5 + cond types."""
+    """HunyuanVideo 1.5: 32-ch latent, patch 1, in 65 = noise+image+mask, vision_in 1152, byT5 + cond types.
+
+    Like the released 8.3B model it has double-stream blocks only (54 there, 3 here).
+    """
     import comfy.ldm.hunyuan_video.model as hv
 
     kw = _hunyuan_video_kwargs(
-        in_channels=65, out_channels=32, vec_in_dim=None, context_in_dim=3584, patch_size=[1, 1, 1],
-        guidance_embed=False, byt5=True, use_cond_type_embedding=True, vision_in_dim=1152, meanflow_sum=True,
+        in_channels=65,
+        out_channels=32,
+        vec_in_dim=None,
+        context_in_dim=3584,
+        patch_size=[1, 1, 1],
+        guidance_embed=False,
+        byt5=True,
+        use_cond_type_embedding=True,
+        vision_in_dim=1152,
+        meanflow_sum=True,
+        depth=3,
+        depth_single_blocks=0,
     )
     patcher = _via_loader(hv.HunyuanVideo(**kw, operations=_ops()), seed)
     g = torch.Generator().manual_seed(seed + 7)
@@ -296,12 +338,19 @@ def _build_hunyuan_video15(seed: int) -> TinyModel:
 
 def _flux_config(**shrink: Any) -> dict[str, Any]:
     """Flux-dev detection output, shrunk to 2 heads of 64 (RoPE axes 16+24+24)."""
-    cfg = _detected({
-        "img_in.weight": (3072, 64), "txt_in.weight": (3072, 4096), "vector_in.in_layer.weight": (3072, 768),
-        "guidance_in.in_layer.weight": (3072, 256), "double_blocks.0.img_attn.norm.key_norm.scale": (128,),
-        "double_blocks.1.img_attn.norm.key_norm.scale": (128,), "single_blocks.0.norm.key_norm.scale": (128,),
-        "single_blocks.1.norm.key_norm.scale": (128,), "single_blocks.2.norm.key_norm.scale": (128,),
-    })
+    cfg = _detected(
+        {
+            "img_in.weight": (3072, 64),
+            "txt_in.weight": (3072, 4096),
+            "vector_in.in_layer.weight": (3072, 768),
+            "guidance_in.in_layer.weight": (3072, 256),
+            "double_blocks.0.img_attn.norm.key_norm.scale": (128,),
+            "double_blocks.1.img_attn.norm.key_norm.scale": (128,),
+            "single_blocks.0.norm.key_norm.scale": (128,),
+            "single_blocks.1.norm.key_norm.scale": (128,),
+            "single_blocks.2.norm.key_norm.scale": (128,),
+        }
+    )
     cfg.update(hidden_size=128, num_heads=2, axes_dim=[16, 24, 24])
     cfg.update(shrink)
     return cfg
@@ -324,13 +373,18 @@ def _build_flux_kontext(seed: int) -> TinyModel:
 
 def _build_chroma(seed: int) -> TinyModel:
     """Chroma: Flux-shaped blocks modulated by a distilled-guidance approximator, no pooled text."""
-    cfg = _detected({
-        "img_in.weight": (3072, 64), "txt_in.weight": (3072, 4096),
-        "distilled_guidance_layer.norms.0.scale": (5120,),
-        "double_blocks.0.img_attn.norm.key_norm.scale": (128,), "double_blocks.1.img_attn.norm.key_norm.scale": (128,),
-        "single_blocks.0.norm.key_norm.scale": (128,), "single_blocks.1.norm.key_norm.scale": (128,),
-        "single_blocks.2.norm.key_norm.scale": (128,),
-    })
+    cfg = _detected(
+        {
+            "img_in.weight": (3072, 64),
+            "txt_in.weight": (3072, 4096),
+            "distilled_guidance_layer.norms.0.scale": (5120,),
+            "double_blocks.0.img_attn.norm.key_norm.scale": (128,),
+            "double_blocks.1.img_attn.norm.key_norm.scale": (128,),
+            "single_blocks.0.norm.key_norm.scale": (128,),
+            "single_blocks.1.norm.key_norm.scale": (128,),
+            "single_blocks.2.norm.key_norm.scale": (128,),
+        }
+    )
     cfg.update(hidden_size=128, num_heads=2, axes_dim=[16, 24, 24], out_dim=128, hidden_dim=256, n_layers=2)
     patcher = _via_config(cfg, seed)
     pos, neg = _conds(seed, 4096, {"pooled_output": None})  # T5-only, as CLIPTextEncode gives it
@@ -339,10 +393,13 @@ def _build_chroma(seed: int) -> TinyModel:
 
 def _build_qwen_image(seed: int) -> TinyModel:
     """Qwen-Image: 3 MMDiT blocks, 2 heads of 32, Qwen2.5-VL 3584-dim text."""
-    cfg = _detected({
-        "txt_norm.weight": (3584,), "img_in.weight": (3072, 64),
-        **{f"transformer_blocks.{i}.attn.to_q.weight": (3072, 3072) for i in range(3)},
-    })
+    cfg = _detected(
+        {
+            "txt_norm.weight": (3584,),
+            "img_in.weight": (3072, 64),
+            **{f"transformer_blocks.{i}.attn.to_q.weight": (3072, 3072) for i in range(3)},
+        }
+    )
     cfg.update(attention_head_dim=32, num_attention_heads=2, axes_dims_rope=(8, 12, 12))
     patcher = _via_config(cfg, seed)
     pos, neg = _conds(seed, 3584)
@@ -354,11 +411,16 @@ def _build_ltxv(seed: int) -> TinyModel:
     import comfy.ldm.lightricks.model as ltx
 
     module = ltx.LTXVModel(
-        in_channels=128, cross_attention_dim=256, attention_head_dim=8, num_attention_heads=32,
-        caption_channels=4096, num_layers=3, operations=_ops(),
+        in_channels=128,
+        cross_attention_dim=256,
+        attention_head_dim=8,
+        num_attention_heads=32,
+        caption_channels=4096,
+        num_layers=3,
+        operations=_ops(),
     )
     patcher = _via_loader(module, seed)
-    pos, neg = _conds(seed, 4096, {"frame_rate": 25, "attention_mask": torch.ones(1, TEXT_TOKENS)})
+    pos, neg = _conds(seed, 4096, {"frame_rate": 25, "attention_mask": torch.ones(1, TEXT_TOKENS, dtype=torch.long)})
     return TinyModel("ltxv", patcher, torch.zeros(1, 128, 3, 4, 4), pos, neg, 3.0)
 
 
@@ -368,7 +430,7 @@ def _build_mochi(seed: int) -> TinyModel:
     # AsymmetricJointBlock asserts hidden_x * mlp_ratio_x == 1536 * 8, so the MLP stays wide.
     cfg.update(depth=3, num_heads=2, hidden_size_x=128, hidden_size_y=64, mlp_ratio_x=1536 * 8 / 128)
     patcher = _via_config(cfg, seed)
-    mask = torch.ones(1, TEXT_TOKENS)
+    mask = torch.ones(1, TEXT_TOKENS, dtype=torch.long)
     pos, neg = _conds(seed, 4096, {"attention_mask": mask})
     return TinyModel("mochi", patcher, torch.zeros(1, 12, 3, 8, 8), pos, neg, 4.5)
 
@@ -378,10 +440,18 @@ def _build_sd3(seed: int) -> TinyModel:
     import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
 
     module = mmdit.MMDiT(
-        patch_size=2, in_channels=16, out_channels=16, depth=2, adm_in_channels=2048,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        depth=2,
+        adm_in_channels=2048,
         context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
-        pos_embed_max_size=16, num_patches=256, pos_embed_scaling_factor=None, qk_norm="rms",
-        x_block_self_attn_layers=[], operations=_ops(),
+        pos_embed_max_size=16,
+        num_patches=256,
+        pos_embed_scaling_factor=None,
+        qk_norm="rms",
+        x_block_self_attn_layers=[],
+        operations=_ops(),
     )
     patcher = _via_loader(module, seed)
     pos, neg = _conds(seed, 4096, pooled=2048)
@@ -390,11 +460,16 @@ def _build_sd3(seed: int) -> TinyModel:
 
 def _build_auraflow(seed: int) -> TinyModel:
     """AuraFlow: 2 joint + 2 single layers, dim 128 (4 heads of 32), SDXL 4-ch latent."""
-    cfg = _detected({
-        "double_layers.0.attn.w1q.weight": (3072, 3072), "double_layers.1.attn.w1q.weight": (3072, 3072),
-        "single_layers.0.attn.w1q.weight": (3072, 3072), "single_layers.1.attn.w1q.weight": (3072, 3072),
-        "positional_encoding": (1, 1024, 3072), "cond_seq_linear.weight": (3072, 2048),
-    })
+    cfg = _detected(
+        {
+            "double_layers.0.attn.w1q.weight": (3072, 3072),
+            "double_layers.1.attn.w1q.weight": (3072, 3072),
+            "single_layers.0.attn.w1q.weight": (3072, 3072),
+            "single_layers.1.attn.w1q.weight": (3072, 3072),
+            "positional_encoding": (1, 1024, 3072),
+            "cond_seq_linear.weight": (3072, 2048),
+        }
+    )
     cfg.update(dim=128, n_heads=4, global_conddim=128, max_seq=256)
     patcher = _via_config(cfg, seed)
     pos, neg = _conds(seed, 2048)
@@ -402,22 +477,33 @@ def _build_auraflow(seed: int) -> TinyModel:
 
 
 def _build_hunyuan_dit(seed: int) -> TinyModel:
-    """HunyuanDiT 1.2: 4 blocks (long skips), hidden 128 (16 heads), BERT 1024 + mT5 2048 text."""
-    import comfy.ldm.hydit.models as hydit
+    """HunyuanDiT 1.2: 4 blocks (long skips), hidden 128 (16 heads of 8), BERT 1024 text.
 
-    module = hydit.HunYuanDiT(
-        hidden_size=128, depth=4, num_heads=16, patch_size=2, in_channels=4, learn_sigma=True,
-        attn_precision=torch.float32, operations=_ops(),
+    The loader would keep the 2048-wide mT5 MLP (2048 -> 8192 over 256 tokens,
+    ~1.3 s per sample on 2 cores), so this one is built from a shrunk config
+    with a 256-wide mT5 input instead.
+    """
+    cfg = _detected(
+        {
+            "mlp_t5.0.weight": (8192, 2048),
+            "x_embedder.proj.weight": (1408, 4, 2, 2),
+            "extra_embedder.0.weight": (5632, 1024),
+            **{f"blocks.{i}.attn1.qkv.weight": (1, 1) for i in range(4)},
+        }
     )
-    patcher = _via_loader(module, seed)
+    cfg.update(hidden_size=128, num_heads=16, text_states_dim_t5=256)
+    patcher = _via_config(cfg, seed)
     # The model's padding tables fix the prompt lengths: 77 BERT tokens, 256 mT5 tokens (masked past 8).
     g = torch.Generator().manual_seed(seed + 7)
-    mask, mask_t5 = torch.zeros(1, 77), torch.zeros(1, 256)
-    mask[:, :TEXT_TOKENS] = 1.0
-    mask_t5[:, :TEXT_TOKENS] = 1.0
+    mask, mask_t5 = torch.zeros(1, 77, dtype=torch.long), torch.zeros(1, 256, dtype=torch.long)
+    mask[:, :TEXT_TOKENS] = 1
+    mask_t5[:, :TEXT_TOKENS] = 1
     extra = {
-        "attention_mask": mask, "conditioning_mt5xl": torch.randn((1, 256, 2048), generator=g),
-        "attention_mask_mt5xl": mask_t5, "width": 128, "height": 128,
+        "attention_mask": mask,
+        "conditioning_mt5xl": torch.randn((1, 256, 256), generator=g),
+        "attention_mask_mt5xl": mask_t5,
+        "width": 128,
+        "height": 128,
     }
     pos, neg = _conds(seed, 1024, extra, tokens=77)
     return TinyModel("hunyuan_dit", patcher, torch.zeros(1, 4, 16, 16), pos, neg, 6.0)
@@ -428,9 +514,19 @@ def _build_kandinsky5(seed: int) -> TinyModel:
     import comfy.ldm.kandinsky5.model as k5
 
     module = k5.Kandinsky5(
-        in_visual_dim=16, out_visual_dim=16, in_text_dim=3584, in_text_dim2=768, time_dim=64, model_dim=128,
-        ff_dim=256, visual_embed_dim=132, patch_size=(1, 2, 2), num_text_blocks=1, num_visual_blocks=3,
-        axes_dims=(16, 24, 24), operations=_ops(),
+        in_visual_dim=16,
+        out_visual_dim=16,
+        in_text_dim=3584,
+        in_text_dim2=768,
+        time_dim=64,
+        model_dim=128,
+        ff_dim=256,
+        visual_embed_dim=132,
+        patch_size=(1, 2, 2),
+        num_text_blocks=1,
+        num_visual_blocks=3,
+        axes_dims=(16, 24, 24),
+        operations=_ops(),
     )
     patcher = _via_loader(module, seed)
     pos, neg = _conds(seed, 3584, pooled=768)
@@ -439,35 +535,49 @@ def _build_kandinsky5(seed: int) -> TinyModel:
 
 def _build_lumina2(seed: int) -> TinyModel:
     """Lumina Image 2.0 (NextDiT): dim 128, 2 heads of 64, 1+1 refiners + 2 main layers, Gemma 2304 text."""
-    cfg = _detected({
-        "cap_embedder.1.weight": (2304, 2304), "layers.0.attention.qkv.weight": (1, 1),
-        "layers.1.attention.qkv.weight": (1, 1),
-    })
+    cfg = _detected(
+        {
+            "cap_embedder.1.weight": (2304, 2304),
+            "layers.0.attention.qkv.weight": (1, 1),
+            "layers.1.attention.qkv.weight": (1, 1),
+        }
+    )
     cfg.update(dim=128, n_heads=2, n_kv_heads=2, axes_dims=[16, 24, 24], n_refiner_layers=1, multiple_of=16)
     patcher = _via_config(cfg, seed)
-    pos, neg = _conds(seed, 2304)
+    # Gemma's attention mask gives NextDiT its num_tokens (required before 0.8).
+    pos, neg = _conds(seed, 2304, {"attention_mask": torch.ones(1, TEXT_TOKENS, dtype=torch.long)})
     return TinyModel("lumina2", patcher, torch.zeros(1, 16, 16, 16), pos, neg, 4.0)
 
 
 def _build_hidream(seed: int) -> TinyModel:
     """HiDream I1: 1 double + 2 single MoE blocks, 2 heads of 64; one Llama layer per block."""
     cfg = _detected({"caption_projection.0.linear.weight": (2560, 4096)})
-    cfg.update(num_attention_heads=2, attention_head_dim=64, num_layers=1, num_single_layers=2,
-               axes_dims_rope=[32, 16, 16], llama_layers=[0, 1, 2])
+    cfg.update(
+        num_attention_heads=2,
+        attention_head_dim=64,
+        num_layers=1,
+        num_single_layers=2,
+        axes_dims_rope=[32, 16, 16],
+        llama_layers=[0, 1, 2],
+    )
     patcher = _via_config(cfg, seed)
     g = torch.Generator().manual_seed(seed + 7)
     out = []
     for s in (seed + 1000, seed + 2000):
-        ex = {"pooled_output": _vec(s + 1, 2048), "conditioning_llama3": torch.randn((1, 3, TEXT_TOKENS, 4096), generator=g)}
+        llama = torch.randn((1, 3, TEXT_TOKENS, 4096), generator=g)
+        ex = {"pooled_output": _vec(s + 1, 2048), "conditioning_llama3": llama}
         out.append([[_text(s, 4096), ex]])
     return TinyModel("hidream", patcher, torch.zeros(1, 16, 16, 16), out[0], out[1], 4.0)
 
 
 def _build_cosmos(seed: int) -> TinyModel:
     """Cosmos Predict2 text-to-image (MiniTrainDIT): 2 blocks, 128 channels (2 heads), T5 1024 text."""
-    cfg = _detected({
-        "blocks.0.mlp.layer1.weight": (1, 1), "x_embedder.proj.1.weight": (2048, 68),
-    })
+    cfg = _detected(
+        {
+            "blocks.0.mlp.layer1.weight": (1, 1),
+            "x_embedder.proj.1.weight": (2048, 68),
+        }
+    )
     cfg.update(model_channels=128, num_blocks=2, num_heads=2, adaln_lora_dim=32)
     patcher = _via_config(cfg, seed)
     pos, neg = _conds(seed, 1024)
@@ -500,6 +610,10 @@ _BUILDERS: dict[str, tuple[Callable[[int], TinyModel], Callable[[], bool]]] = {
 
 ALL_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 
+# Declared for type checkers; the value comes from the module ``__getattr__``
+# below, so it reflects the ComfyUI imported by the time it is read.
+FAMILIES: tuple[str, ...]
+
 
 def available_families() -> tuple[str, ...]:
     """The families the running ComfyUI can build (ComfyUI must be importable)."""
@@ -523,4 +637,3 @@ def build(family: str, seed: int = 0) -> TinyModel:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return make(seed)
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from comfyui_magcache.calibration import catalog
 from comfyui_magcache.calibration.curve import CurveError
 

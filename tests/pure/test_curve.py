@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+
 from comfyui_magcache.calibration.curve import CurveError, MagnitudeCurve, RoleCurve, role_curve_from_ratios
 from comfyui_magcache.calibration.curve_file import load_curve, save_curve
 

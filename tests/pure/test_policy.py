@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve
 from comfyui_magcache.nodes.policy import SkipPolicy, SkipSettings, plan_run
 
