@@ -43,6 +43,24 @@ class BlockCounter:
             h.remove()
 
 
+@pytest.fixture(scope="session")
+def comfy_server() -> Iterator[Any]:
+    """One real ComfyUI server with the pack and the embedded tiny model, shared by the server and browser tests.
+
+    Started on first use (about 15-25 s on 2 cores), stopped at the end of the
+    session; stopping raises, and so fails the run, if any process of the
+    server is left behind. Without the tiny model file the server starts all
+    the same (the tests that run it skip; see ``comfy_server.NO_TINY_MODEL``).
+    """
+    from comfy_server import TINY_MODEL, ComfyServer
+
+    assert ROOT is not None
+    models = {f"diffusion_models/{TINY_MODEL.name}": TINY_MODEL} if TINY_MODEL.is_file() else {}
+    server = ComfyServer(ROOT, models).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def magcache_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """Capture the pack's log lines (plan, summary, notices)."""

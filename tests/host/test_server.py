@@ -1,0 +1,224 @@
+"""The pack inside the real ComfyUI server: its node list, the example workflows, a run end to end.
+
+One server (``main.py --cpu`` on a free loopback port, the pack symlinked into a
+temporary ``custom_nodes/``, the embedded tiny model in its
+``models/diffusion_models/``) serves the whole module; the session fixture
+stops it at the end and fails the run if any of its processes is left.
+On 2 busy cores the module takes about 30-40 s, most of it the server's start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from comfy_host import ROOT, comfyui_version
+from comfy_server import (
+    EXAMPLES,
+    FILE_MARKER,
+    NO_TINY_MODEL,
+    PACK_DIR_NAME,
+    PACK_ROOT,
+    TINY_MODEL,
+    TINY_WORKFLOW,
+    ComfyServer,
+)
+from packaging.specifiers import SpecifierSet
+from PIL import Image
+from workflows import FRONTEND_ONLY, check_workflow, input_specs, to_api
+
+from comfyui_magcache.calibration import catalog
+from comfyui_magcache.nodes.mappings import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.json"))
+PLAN = re.compile(r"MagCache: computing (\d+) of (\d+) steps, ~([\d.]+)x")
+SUMMARY = re.compile(r"MagCache: skipped the block stack on (\d+) of (\d+) model calls")
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server: ComfyServer) -> dict[str, Any]:
+    return comfy_server.object_info()
+
+
+def _declared(cls: type) -> dict[str, tuple[Any, dict[str, Any]]]:
+    types = cls.INPUT_TYPES()
+    return {name: spec for section in ("required", "optional") for name, spec in types.get(section, {}).items()}
+
+
+@pytest.mark.parametrize("node_type", sorted(NODE_CLASS_MAPPINGS))
+def test_object_info_lists_our_node_with_inputs_and_tooltips(object_info: dict[str, Any], node_type: str) -> None:
+    cls = NODE_CLASS_MAPPINGS[node_type]
+    info = object_info.get(node_type)
+    assert info is not None, f"the server does not list {node_type}"
+    assert info["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[node_type]
+    assert info["category"].startswith("sampling/magcache")
+    assert info["description"] == cls.DESCRIPTION
+    assert info["output"] == list(cls.RETURN_TYPES)
+    assert info["output_tooltips"] == list(cls.OUTPUT_TOOLTIPS)
+    declared = _declared(cls)
+    served = {spec.name: spec for spec in input_specs(info)}
+    assert list(served) == list(declared), "inputs or their order differ from the class"
+    for name, (kind, options) in declared.items():
+        spec = served[name]
+        assert options.get("tooltip"), f"{node_type}.{name} has no tooltip"
+        assert spec.options.get("tooltip") == options["tooltip"]
+        assert spec.type == ("COMBO" if isinstance(kind, list) else kind)
+        for key in ("default", "min", "max", "step"):
+            assert spec.options.get(key) == options.get(key), f"{node_type}.{name}: {key}"
+
+
+def test_magcache_curve_list_offers_auto_and_every_preset(object_info: dict[str, Any]) -> None:
+    curve = next(s for s in input_specs(object_info["MagCacheApply"]) if s.name == "curve")
+    assert curve.choices[0] == catalog.AUTO
+    assert set(catalog.preset_names()) <= set(curve.choices)
+
+
+def test_template_browser_lists_every_example(comfy_server: ComfyServer) -> None:
+    """The page's template browser reads this list, then fetches each file from the pack's folder."""
+    listed = comfy_server.get("/workflow_templates")
+    assert sorted(listed.get(PACK_DIR_NAME, [])) == [p.stem for p in EXAMPLE_FILES]
+    served = comfy_server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{TINY_WORKFLOW.name}")
+    assert served == json.loads(TINY_WORKFLOW.read_text())
+
+
+def test_examples_cover_the_families_the_issue_names() -> None:
+    """A workflow per supported family, plus calibration and the tiny model (names are what users browse)."""
+    stems = {p.stem for p in EXAMPLE_FILES}
+    for needed in ("wan2.1_t2v", "wan2.1_i2v", "wan2.2_t2v_14B", "wan2.2_ti2v_5B", "hunyuan_video", "flux_dev",
+                   "flux_kontext", "qwen_image", "chroma", "ltx_video", "calibrate", "tiny"):  # fmt: skip
+        assert any(needed in s for s in stems), f"no example workflow for {needed}"
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_example_workflow_matches_object_info(object_info: dict[str, Any], path: Path) -> None:
+    """Every node type, slot, link and widget value against what this server declares (see ``check_workflow``)."""
+    workflow = json.loads(path.read_text())
+    assert workflow.get("version") == 0.4
+    problems = check_workflow(workflow, object_info, FILE_MARKER)
+    assert not problems, "\n".join(problems)
+    notes = [n for n in workflow["nodes"] if n["type"] in FRONTEND_ONLY]
+    assert notes and all(len(n["widgets_values"][0]) > 80 for n in notes), "each example explains itself in a note"
+    ours = [n for n in workflow["nodes"] if n["type"] in NODE_CLASS_MAPPINGS]
+    assert ours, "the example does not use the pack"
+    assert workflow["last_node_id"] >= max(n["id"] for n in workflow["nodes"])
+    assert workflow["last_link_id"] >= max((link[0] for link in workflow["links"]), default=0)
+
+
+def _node(workflow: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(n for n in workflow["nodes"] if n["type"] == kind)
+
+
+def _set(kind: str, index: int, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(workflow: dict[str, Any]) -> None:
+        _node(workflow, kind)["widgets_values"][index] = value
+
+    return mutate
+
+
+def _unlink_model(workflow: dict[str, Any]) -> None:
+    _node(workflow, "KSampler")["inputs"][0]["link"] = None
+
+
+def _retype_link(workflow: dict[str, Any]) -> None:
+    workflow["links"][0][5] = "LATENT"
+
+
+BROKEN = {
+    "unknown node type": (lambda wf: _node(wf, "KSampler").update(type="NoSuchSampler"), "no node of this type"),
+    "value below min": (_set("KSampler", 2, 0), "below the minimum"),
+    "value above max": (_set("MagCacheApply", 1, 2.5), "above the maximum"),
+    "int widget given a float": (_set("KSampler", 2, 30.5), "not an integer"),
+    "combo value not offered": (_set("KSampler", 4, "no_such_sampler"), "is not one of"),
+    "file name in a combo that lists no files": (_set("KSampler", 5, "simple.safetensors"), "is not one of"),
+    "bad control_after_generate": (_set("KSampler", 1, "sometimes"), "control_after_generate"),
+    "one widget value missing": (lambda wf: _node(wf, "MagCacheApply")["widgets_values"].pop(), "widget values for"),
+    "required input unconnected": (_unlink_model, "is not connected"),
+    "link of the wrong type": (_retype_link, "carried as LATENT"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_the_workflow_check_catches(object_info: dict[str, Any], case: str) -> None:
+    """The example check is only worth something if it fails on a broken file: one break at a time."""
+    workflow = json.loads(TINY_WORKFLOW.read_text())
+    assert check_workflow(workflow, object_info, FILE_MARKER) == []
+    mutate, expected = BROKEN[case]
+    mutate(workflow)
+    problems = check_workflow(workflow, object_info, FILE_MARKER)
+    assert any(expected in p for p in problems), problems
+
+
+def test_the_workflow_check_accepts_a_model_file_the_server_lacks(object_info: dict[str, Any]) -> None:
+    workflow = json.loads(TINY_WORKFLOW.read_text())
+    _node(workflow, "UNETLoader")["widgets_values"][0] = "some_other_model.safetensors"
+    assert check_workflow(workflow, object_info, FILE_MARKER) == []
+    _node(workflow, "UNETLoader")["widgets_values"][0] = "not a file name"
+    assert check_workflow(workflow, object_info, FILE_MARKER)
+
+
+def test_requires_comfyui_covers_the_checkout_under_test() -> None:
+    """pyproject's [tool.comfy].requires-comfyui must include every version this suite is run on."""
+    line = next(x for x in (PACK_ROOT / "pyproject.toml").read_text().splitlines() if x.startswith("requires-comfyui"))
+    spec = SpecifierSet(line.split("=", 1)[1].strip().strip('"'))
+    assert ROOT is not None
+    version = comfyui_version(ROOT)
+    assert version in spec, f"ComfyUI {version} passes the host suite? then widen requires-comfyui ({spec})"
+
+
+@pytest.mark.skipif(not TINY_MODEL.is_file(), reason=NO_TINY_MODEL)
+def test_tiny_workflow_runs_end_to_end_in_under_a_minute(
+    comfy_server: ComfyServer, object_info: dict[str, Any]
+) -> None:
+    prompt = to_api(json.loads(TINY_WORKFLOW.read_text()), object_info)
+    log_before = len(comfy_server.log())
+    started = time.monotonic()
+    status, body = comfy_server.queue(prompt)
+    assert status == 200, body
+    entry = comfy_server.wait_history(body["prompt_id"], timeout=120)
+    seconds = time.monotonic() - started
+    assert seconds < 60, f"the CPU demo took {seconds:.1f} s"
+
+    save_id = next(k for k, v in prompt.items() if v["class_type"] == "SaveAnimatedWEBP")
+    images = entry["outputs"][save_id]["images"]
+    assert len(images) == 1
+    file = comfy_server.output_dir / images[0]["subfolder"] / images[0]["filename"]
+    scale = prompt[next(k for k, v in prompt.items() if v["class_type"] == "MagCacheDemoDecode")]["inputs"]["scale"]
+    with Image.open(file) as webp:
+        assert webp.n_frames == 4  # the tiny model's clip: 4 frames
+        assert webp.size == (32 * scale, 32 * scale)  # 32 x 32 pixels, enlarged
+        frames = []
+        for i in range(webp.n_frames):
+            webp.seek(i)
+            frames.append(webp.convert("L").getextrema())
+    assert any(low < high for low, high in frames), "every frame is one flat colour"
+
+    log = comfy_server.log()[log_before:]
+    plan, summary = PLAN.search(log), SUMMARY.search(log)
+    assert plan, f"no plan line in the server log:\n{log[-3000:]}"
+    assert summary, f"no summary line in the server log:\n{log[-3000:]}"
+    computed, steps = int(plan.group(1)), int(plan.group(2))
+    assert steps == prompt[next(k for k, v in prompt.items() if v["class_type"] == "KSampler")]["inputs"]["steps"]
+    assert 0 < computed < steps, "the demo should skip some steps"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [("threshold", 5.0, "value_bigger_than_max"), ("max_consecutive_skips", -2, "value_smaller_than_min")],
+)
+def test_out_of_range_input_is_refused_by_validation(
+    comfy_server: ComfyServer, object_info: dict[str, Any], field: str, value: float, error: str
+) -> None:
+    prompt = to_api(json.loads(TINY_WORKFLOW.read_text()), object_info)
+    node_id = next(k for k, v in prompt.items() if v["class_type"] == "MagCacheApply")
+    prompt[node_id]["inputs"][field] = value
+    status, body = comfy_server.queue(prompt)
+    assert status == 400, body
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    errors = body["node_errors"][node_id]["errors"]
+    assert [e["type"] for e in errors] == [error]
+    assert errors[0]["extra_info"]["input_name"] == field
