@@ -362,11 +362,9 @@ def attach(model: Any, target: CalibrationTarget) -> None:
     """
     import comfy.patcher_extension as ext
 
-    wrappers = {
-        ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
-        ext.WrappersMP.APPLY_MODEL: apply_model_wrapper,
-    }
-    for kind, fn in wrappers.items():
-        model.remove_wrappers_with_key(kind, KEY)
-        model.add_wrapper_with_key(kind, KEY, fn)
-    model.model_options.setdefault("transformer_options", {})[KEY] = target
+    engine.attach_wrappers(
+        model,
+        KEY,
+        {ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper, ext.WrappersMP.APPLY_MODEL: apply_model_wrapper},
+        target,
+    )

@@ -104,3 +104,15 @@ def describe_unsupported(diffusion_model: Any) -> str:
     """A user-facing name for a model the table does not cover."""
     cls = type(diffusion_model).__name__
     return UNSUPPORTED.get(cls, cls)
+
+
+def model_width(diffusion_model: Any) -> int | None:
+    """The hidden size of a diffusion model, under whichever name its class uses.
+
+    It tells sizes of one family apart (Wan 2.1 1.3B is 1536 wide, 14B is 5120).
+    """
+    for attr in ("dim", "hidden_size", "inner_dim", "model_dim"):
+        value = getattr(diffusion_model, attr, None)
+        if isinstance(value, int):
+            return value
+    return None

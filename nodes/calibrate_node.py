@@ -19,8 +19,7 @@ from ..calibration import catalog, recorder
 from ..calibration.curve import CurveError, MagnitudeCurve
 from ..calibration.plot import render_curve
 from ..calibration.runs import SOURCE, runs_of
-from .architectures import Architecture, architecture_of, describe_unsupported
-from .magcache_node import _model_width
+from .architectures import Architecture, architecture_of, describe_unsupported, model_width
 
 log = logging.getLogger("comfyui-magcache")
 
@@ -38,7 +37,7 @@ def model_identity(model: Any, arch: Architecture) -> dict[str, Any]:
         "model_config": type(model.model.model_config).__name__,
         "fingerprint": {
             "blocks": {stack.attr: len(getattr(dm, stack.attr)) for stack in arch.stacks},
-            "width": _model_width(dm),
+            "width": model_width(dm),
             "parameters": int(sum(p.numel() for p in dm.parameters())),
         },
     }

@@ -389,14 +389,27 @@ def attach(model: Any, config: MagCacheConfig) -> None:
     """
     import comfy.patcher_extension as ext
 
-    wrappers = {
-        ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
-        ext.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper,
-        ext.WrappersMP.APPLY_MODEL: apply_model_wrapper,
-    }
     if KEY in model.model_options.get("transformer_options", {}):
         log.info("MagCache: replacing the MagCache settings attached earlier in this model chain")
+    attach_wrappers(
+        model,
+        KEY,
+        {
+            ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
+            ext.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper,
+            ext.WrappersMP.APPLY_MODEL: apply_model_wrapper,
+        },
+        config,
+    )
+
+
+def attach_wrappers(model: Any, key: str, wrappers: dict[str, Callable[..., Any]], value: Any) -> None:
+    """Put ``wrappers`` and ``value`` on ``model`` under ``key``, replacing earlier ones of that key.
+
+    ``value`` goes in ``transformer_options[key]``: the wrappers find it there
+    when sampling starts. Shared by MagCache and the calibration recorder.
+    """
     for kind, fn in wrappers.items():
-        model.remove_wrappers_with_key(kind, KEY)
-        model.add_wrapper_with_key(kind, KEY, fn)
-    model.model_options.setdefault("transformer_options", {})[KEY] = config
+        model.remove_wrappers_with_key(kind, key)
+        model.add_wrapper_with_key(kind, key, fn)
+    model.model_options.setdefault("transformer_options", {})[key] = value

@@ -8,20 +8,12 @@ from typing import Any
 from ..calibration import catalog
 from ..calibration.curve import CurveError, MagnitudeCurve
 from . import engine
-from .architectures import architecture_of, describe_unsupported
+from .architectures import architecture_of, describe_unsupported, model_width
 
 log = logging.getLogger("comfyui-magcache")
 
 RECOMMENDED = -1  # numeric inputs at this value take the curve's recommended setting
 CACHE_DEVICES = ("compute", "offload")
-
-
-def _model_width(diffusion_model: Any) -> int | None:
-    for attr in ("dim", "hidden_size", "inner_dim", "model_dim"):
-        value = getattr(diffusion_model, attr, None)
-        if isinstance(value, int):
-            return value
-    return None
 
 
 class MagCacheApply:
@@ -155,7 +147,7 @@ class MagCacheApply:
     def _curve(model: Any, curve: str, arch_name: str) -> MagnitudeCurve | None:
         if curve == catalog.AUTO:
             config_name = type(model.model.model_config).__name__
-            name, note = catalog.auto_curve(config_name, _model_width(model.model.diffusion_model))
+            name, note = catalog.auto_curve(config_name, model_width(model.model.diffusion_model))
             if name is None:
                 log.warning("MagCache: %s; the model is left unchanged.", note)
                 return None
