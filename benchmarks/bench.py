@@ -1,0 +1,626 @@
+"""The benchmark: MagCache's overhead, its realized speedup, and its quality at equal compute.
+
+A script, not a test: it takes tens of minutes on a 2-core CPU. Run it from
+anywhere with a ComfyUI checkout at ``$COMFYUI_PATH`` or ``~/ComfyUI``::
+
+    python benchmarks/bench.py                       # sections 1-3 on the CPU
+    python benchmarks/bench.py --sections quality    # one section
+    python benchmarks/bench.py --gpu                 # section 4, on a CUDA machine
+
+It writes ``benchmarks/results/<section>.json`` (every measurement),
+``benchmarks/results/RESULTS.md`` (the tables README quotes) and
+``benchmarks/results/quality.png`` (quality against speedup, one line per method).
+
+Sections:
+
+1. **overhead**: MagCache attached but computing every step (threshold 0, so
+   every hook runs and every residual is stored) against the plain model, on a
+   random-weight Wan 2.1 large enough that the block stack dominates; paired
+   runs in one process, order alternating; the median of the per-pair ratios.
+2. **speedup**: the same model with the shipped ``wan2.1_t2v_1.3B`` preset at
+   its recommended settings: realized speedup (plain wall time / MagCache wall
+   time, median of pairs) against the ideal (model calls / calls that ran the
+   block stack). The skip plan depends on the curve and the sigmas only, so
+   random weights give the real speed.
+3. **quality**: the embedded trained model, 16 prompt/seed pairs, PSNR and SSIM
+   of the decoded frames against the uncached run, for MagCache (curve from
+   one calibration sample and from eight averaged, K = 1..4) at thresholds
+   that compute a given number of steps, ComfyUI's EasyCache and LazyCache
+   with thresholds tuned to the same numbers, and a uniform schedule
+   (compute evenly spaced steps) of the same budget. Uniform runs reuse the
+   residual exactly as MagCache does; only the choice of steps differs.
+4. **gpu** (``--gpu``): Wan 2.1 1.3B's full architecture with random weights
+   at 480p (81 frames, or fewer with ``--frames``), the preset at its
+   recommended settings: seconds per step, total and speedup against plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: find ComfyUI and register the pack first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "embedded"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _bootstrap
+
+    _bootstrap.boot(cpu="--gpu" not in sys.argv)
+
+import itertools
+
+import lineplot
+
+from comfyui_magcache.calibration import catalog
+from comfyui_magcache.embedded import codec as cdc
+from comfyui_magcache.embedded import demo, metrics
+from comfyui_magcache.nodes import engine
+from comfyui_magcache.nodes.architectures import architecture_of
+from comfyui_magcache.nodes.policy import plan_run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PRESET = "wan2.1_t2v_1.3B"
+#: Sampler settings of sections 2-4: the published Wan figures use 50 steps.
+STEPS = 50
+SETTINGS = demo.Settings(steps=STEPS, cfg=5.0, sampler="euler", scheduler="simple")
+#: Speedups (model calls / computed calls) the quality section aims at.
+TARGETS = (1.5, 2.0, 2.5, 3.0)
+
+
+# ----------------------------------------------------------------- helpers --
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    with contextlib.suppress(ImportError):
+        import comfyui_version
+
+        info["comfyui"] = comfyui_version.__version__
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def random_wan(dim: int, layers: int, ffn: int, seed: int, dtype: torch.dtype = torch.float32) -> Any:
+    """A Wan 2.1 T2V of the given size with seeded random weights, through ComfyUI's loader.
+
+    Matrices get a fan-in scaled normal so activations stay of order one
+    through the stack; norm scales are one; other vectors small.
+    """
+    import comfy.ldm.wan.model as wan
+    import comfy.ops
+    import comfy.sd
+
+    module = wan.WanModel(
+        model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=dim, ffn_dim=ffn, freq_dim=256, text_dim=4096,
+        out_dim=16, num_heads=dim // 128, num_layers=layers, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True,
+        eps=1e-6, operations=comfy.ops.disable_weight_init, dtype=dtype,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    sd = module.state_dict()
+    with torch.no_grad():
+        for name in sorted(sd):
+            t = sd[name]
+            if t.ndim >= 2:
+                r = torch.randn(t.shape, generator=gen) / math.sqrt(math.prod(t.shape[1:]))
+            elif "norm" in name and name.endswith("weight"):
+                r = torch.ones(t.shape)
+            else:
+                r = 0.02 * torch.randn(t.shape, generator=gen)
+            t.copy_(r.to(t.dtype))
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd)
+    del module, sd
+    return patcher
+
+
+def preset_model(patcher: Any, **overrides: Any) -> Any:
+    """The MagCache node with the Wan 2.1 1.3B preset (recommended settings unless overridden)."""
+    return demo.with_magcache(patcher, PRESET, **overrides)
+
+
+@dataclass
+class Timed:
+    seconds: float
+    calls: int
+    computed: int
+
+
+def timed_run(patcher: Any, latent: torch.Tensor, context: torch.Tensor, negative: torch.Tensor,
+              settings: demo.Settings, seed: int = 0) -> Timed:
+    """One sampling run of a random-weight model; wall time and block-stack counts."""
+    import comfy.sample
+
+    noise = comfy.sample.prepare_noise(latent, seed)
+    steps = [0]
+
+    def on_step(*_: Any) -> None:
+        steps[0] += 1
+
+    with demo.count_stack_runs(patcher) as runs:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        comfy.sample.sample(
+            patcher, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler,
+            [[context, {}]], [[negative, {}]], latent, seed=seed, disable_pbar=True, callback=on_step,
+        )
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return Timed(seconds, steps[0], runs[0])
+
+
+def paired(a: Any, b: Any, pairs: int, run: Any, label: str) -> list[tuple[Timed, Timed]]:
+    """``pairs`` (a, b) timings, alternating which goes first so drift cancels."""
+    out = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ta, tb = run(a), run(b)
+        else:
+            tb, ta = run(b), run(a)
+        out.append((ta, tb))
+        print(f"  {label} pair {i + 1}/{pairs}: {ta.seconds:.2f}s / {tb.seconds:.2f}s", flush=True)
+    return out
+
+
+def _write(name: str, data: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def _read(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ------------------------------------------------------- sections 1 and 2 --
+
+#: The random-weight Wan of sections 1 and 2: the block stack dominates its cost.
+SPEED_MODEL = {"dim": 512, "layers": 6, "ffn": 2048}
+SPEED_LATENT = (1, 16, 4, 16, 16)  # 4 x 8 x 8 = 256 tokens after Wan's 2x2 patches
+
+
+def _speed_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return (torch.zeros(SPEED_LATENT), torch.randn((1, 8, 4096), generator=g), torch.randn((1, 8, 4096), generator=g))
+
+
+def section_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """MagCache attached with threshold 0 (every hook runs, nothing skipped) against the plain model."""
+    patcher = random_wan(SPEED_MODEL["dim"], SPEED_MODEL["layers"], SPEED_MODEL["ffn"], seed=1)
+    latent, ctx, neg = _speed_inputs()
+    settings = demo.Settings(steps=args.overhead_steps, cfg=5.0, sampler="euler", scheduler="simple")
+    attached = preset_model(patcher, threshold=0.0)
+
+    def run(m: Any) -> Timed:
+        return timed_run(m, latent, ctx, neg, settings)
+
+    run(patcher)  # warm-up: first-call allocations
+    run(attached)
+    pairs = paired(patcher, attached, args.pairs, run, "overhead (plain / attached)")
+    ratios = [b.seconds / a.seconds for a, b in pairs]
+    assert all(b.computed == b.calls for _, b in pairs), "threshold 0 must compute every call"
+    result = {
+        "model": SPEED_MODEL, "latent": SPEED_LATENT, "settings": vars(settings), "pairs": args.pairs,
+        "plain_seconds": [a.seconds for a, _ in pairs], "attached_seconds": [b.seconds for _, b in pairs],
+        "ratios": ratios, "median_ratio": statistics.median(ratios),
+        "overhead_percent": 100.0 * (statistics.median(ratios) - 1.0),
+        "target_percent": 1.0,
+    }
+    result["met"] = result["overhead_percent"] <= result["target_percent"]
+    print(f"overhead: median {result['overhead_percent']:+.2f}% over {args.pairs} pairs", flush=True)
+    return result
+
+
+def section_speedup(args: argparse.Namespace) -> dict[str, Any]:
+    """Realized against ideal speedup with the preset at its recommended settings."""
+    patcher = random_wan(SPEED_MODEL["dim"], SPEED_MODEL["layers"], SPEED_MODEL["ffn"], seed=1)
+    latent, ctx, neg = _speed_inputs()
+    cached = preset_model(patcher)
+
+    def run(m: Any) -> Timed:
+        return timed_run(m, latent, ctx, neg, SETTINGS)
+
+    run(cached)  # warm-up
+    pairs = paired(patcher, cached, args.pairs, run, "speedup (plain / MagCache)")
+    realized = [a.seconds / b.seconds for a, b in pairs]
+    b0 = pairs[0][1]
+    ideal = b0.calls / b0.computed
+    result = {
+        "model": SPEED_MODEL, "latent": SPEED_LATENT, "settings": vars(SETTINGS), "preset": PRESET,
+        "recommended": vars(catalog.Recommended.of(catalog.load_preset(PRESET))), "pairs": args.pairs,
+        "calls": b0.calls, "computed": b0.computed, "ideal_speedup": ideal,
+        "plain_seconds": [a.seconds for a, _ in pairs], "magcache_seconds": [b.seconds for _, b in pairs],
+        "realized": realized, "median_realized": statistics.median(realized),
+    }
+    result["fraction_of_ideal"] = result["median_realized"] / ideal
+    result["met"] = result["fraction_of_ideal"] >= 0.97
+    print(f"speedup: realized {result['median_realized']:.3f}x of ideal {ideal:.3f}x "
+          f"({100 * result['fraction_of_ideal']:.1f}%)", flush=True)
+    return result
+
+
+# --------------------------------------------------------------- section 3 --
+
+
+@dataclass(frozen=True)
+class Method:
+    """One point of the quality sweep: a way of skipping steps and its knob."""
+
+    family: str  # line of the plot
+    knob: float  # threshold, or the step budget for uniform
+    make: Any  # patcher -> patched model
+
+    def __hash__(self) -> int:
+        return hash((self.family, self.knob))
+
+
+class FixedSchedulePolicy:
+    """A skip policy that follows a fixed list of decisions, call by call.
+
+    The uniform baseline: it plugs into MagCache's engine in place of the
+    magnitude rule, so a skipped step reuses the residual exactly as MagCache
+    does and only the choice of steps differs.
+    """
+
+    def __init__(self, skips: list[bool]) -> None:
+        self.skips = skips
+        self.i = 0
+
+    def decide(self, sigma: float, roles: tuple[int, ...]) -> bool:
+        skip = self.skips[self.i] if self.i < len(self.skips) else False
+        self.i += 1
+        return skip
+
+
+@contextlib.contextmanager
+def fixed_schedule(skips: list[bool]) -> Iterator[None]:
+    """Make the engine use :class:`FixedSchedulePolicy` for the runs inside the block."""
+    original = engine.SkipPolicy
+    engine.SkipPolicy = lambda curve, settings: FixedSchedulePolicy(skips)  # type: ignore[assignment,misc]
+    try:
+        yield
+    finally:
+        engine.SkipPolicy = original  # type: ignore[misc]
+
+
+def uniform_skips(calls: int, budget: int) -> list[bool]:
+    """Compute ``budget`` evenly spaced calls of ``calls`` (the first always), skip the rest."""
+    computed = {round(i * calls / budget) for i in range(budget)}
+    return [i not in computed for i in range(calls)]
+
+
+def magcache_threshold(
+    config: engine.MagCacheConfig, model_sampling: Any, sigmas: list[float], budget: int
+) -> float | None:
+    """The smallest threshold whose plan computes at most ``budget`` calls, or None if none does.
+
+    Plans depend only on the curve and the sigmas, so this is arithmetic on the
+    engine's own settings resolution (retention -> sigma) and ``plan_run``.
+    """
+
+    def computed(th: float) -> int:
+        settings = replace(config, threshold=th).settings_for(model_sampling)
+        return plan_run(config.curve, settings, sigmas, (0, 1)).computed
+
+    lo, hi = 0.0, 5.0
+    if computed(hi) > budget:
+        return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if computed(mid) > budget:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def section_quality(args: argparse.Namespace) -> dict[str, Any]:
+    """Quality at equal compute on the trained embedded model."""
+    import comfy.samplers
+    from comfy_extras import nodes_easycache
+
+    patcher = demo.load_model(Path(args.model))
+    codec = demo.load_codec(Path(args.codec))
+    pairs = [(i % cdc.NUM_DIGITS, 100 + i) for i in range(args.quality_pairs)]
+    sigmas = [float(s) for s in comfy.samplers.calculate_sigmas(patcher.model.model_sampling, "simple", STEPS)]
+    calls = STEPS
+
+    # Curves from the calibration node: one sample, and eight combined (other seeds than the test pairs).
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, demo.curve_folder(Path(tmp)):
+        one = demo.calibrate(patcher, codec, [3], 1000, SETTINGS, "bench_one_sample")
+        several = demo.calibrate(patcher, codec, list(range(8)), 2000, SETTINGS, "bench_eight_samples")
+    arch = architecture_of(patcher.model.diffusion_model)
+    rec = catalog.Recommended.of(one)
+    retention = rec.retention
+
+    def magcache(curve: Any, k: int, threshold: float) -> Any:
+        def make(p: Any) -> Any:
+            m = p.clone()
+            engine.attach(m, engine.MagCacheConfig(curve, arch, threshold, k, retention))
+            return m
+        return make
+
+    def node(cls: Any, threshold: float) -> Any:
+        def make(p: Any) -> Any:
+            return cls.execute(p, threshold, 0.15, 0.95, False).result[0]
+        return make
+
+    budgets = sorted({round(calls / t) for t in TARGETS}, reverse=True)
+    methods: list[Method] = []
+    lines = [(f"MagCache, 8-sample curve, K={k}", several, k) for k in (1, 2, 3, 4)]
+    lines.append((f"MagCache, 1-sample curve, K={rec.max_skips}", one, rec.max_skips))
+    model_sampling = patcher.model.model_sampling
+    for label, curve, k in lines:
+        for budget in budgets:
+            config = engine.MagCacheConfig(curve, arch, 0.0, k, retention)
+            th = magcache_threshold(config, model_sampling, sigmas, budget)
+            if th is not None:
+                methods.append(Method(label, th, magcache(curve, k, th)))
+    uniform: dict[float, list[bool]] = {}
+    for budget in budgets:
+        uniform[float(budget)] = uniform_skips(calls, budget)
+        # The engine with its policy replaced (see fixed_schedule); the curve and threshold are unused.
+        methods.append(Method("uniform (every k-th step)", float(budget), magcache(several, calls, 1.0)))
+
+    # EasyCache / LazyCache: adaptive, so tune each threshold on four pairs to each budget.
+    def mean_computed(make: Any, probe: list[tuple[int, int]]) -> float:
+        model = make(patcher)
+        return statistics.mean(demo.generate(model, codec, d, s, SETTINGS).computed for d, s in probe)
+
+    probe = pairs[:4]
+    for label, cls in (("EasyCache (ComfyUI)", nodes_easycache.EasyCacheNode),
+                       ("LazyCache (ComfyUI)", nodes_easycache.LazyCacheNode)):
+        for budget in budgets:
+            lo, hi = 0.0, 3.0
+            if mean_computed(node(cls, hi), probe) > budget:
+                continue
+            for _ in range(args.tune_iterations):
+                mid = (lo + hi) / 2
+                if mean_computed(node(cls, mid), probe) > budget:
+                    lo = mid
+                else:
+                    hi = mid
+            methods.append(Method(label, hi, node(cls, hi)))
+            print(f"  tuned {label} to {budget} computed: threshold {hi:.4f}", flush=True)
+
+    references = {}
+    for d, s in pairs:
+        references[(d, s)] = demo.generate(patcher, codec, d, s, SETTINGS)
+    prompted = torch.tensor([d for d, _ in pairs])
+    ref_read = metrics.read_clips(torch.stack([references[p].frames for p in pairs]), prompted)
+    points = []
+    for n, m in enumerate(methods):
+        model = m.make(patcher)
+        ctx = fixed_schedule(uniform[m.knob]) if m.family.startswith("uniform") else contextlib.nullcontext()
+        gens = []
+        with ctx:
+            for d, s in pairs:
+                gens.append(demo.generate(model, codec, d, s, SETTINGS))
+        a = torch.stack([references[p].frames for p in pairs])
+        b = torch.stack([g.frames for g in gens])
+        point = {
+            "method": m.family, "knob": m.knob,
+            "calls": sum(g.calls for g in gens), "computed": sum(g.computed for g in gens),
+            "psnr": metrics.psnr(b, a).tolist(), "ssim": metrics.ssim(b, a).tolist(),
+            "seconds": sum(g.seconds for g in gens), "reference_seconds": sum(references[p].seconds for p in pairs),
+        }
+        point["speedup"] = point["calls"] / point["computed"]
+        point["mean_psnr"] = statistics.mean(point["psnr"])
+        point["mean_ssim"] = statistics.mean(point["ssim"])
+        points.append(point)
+        print(f"  [{n + 1}/{len(methods)}] {m.family} knob {m.knob:.4g}: {point['speedup']:.2f}x, "
+              f"PSNR {point['mean_psnr']:.2f} dB, SSIM {point['mean_ssim']:.4f}", flush=True)
+    return {
+        "settings": vars(SETTINGS), "pairs": pairs, "retention": retention,
+        "curves": {"one_sample": _curve_summary(one), "eight_samples": _curve_summary(several)},
+        "reference_reading": {
+            "digit_accuracy": float((ref_read.digit == prompted).float().mean()),
+            "glyph_match": float(ref_read.match.mean()), "motion_error_px": float(ref_read.motion_error.mean()),
+        },
+        "points": points,
+    }
+
+
+def _curve_summary(curve: Any) -> dict[str, Any]:
+    rc = curve.roles["cond"]
+    return {"sigma": list(rc.sigma), "ratio": list(rc.ratio), "runs": len(curve.metadata.get("runs", []) or [])}
+
+
+def interpolate(points: list[dict[str, Any]], x: float, key: str) -> float | None:
+    """``key`` of a method's line at speedup ``x`` (linear between its points), or None outside it."""
+    pts = sorted((p["speedup"], p[key]) for p in points)
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    for px, py in pts:
+        if abs(px - x) <= 0.03 * x:
+            return py
+    return None
+
+
+# --------------------------------------------------------------- section 4 --
+
+
+def section_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    """Wan 2.1 1.3B architecture, random weights, 480p: seconds per step, total, speedup."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device")
+    patcher = random_wan(1536, 30, 8960, seed=1, dtype=torch.float16)
+    frames = args.frames
+    latent = torch.zeros(1, 16, (frames - 1) // 4 + 1, 480 // 8, 832 // 8)
+    g = torch.Generator().manual_seed(7)
+    ctx, neg = torch.randn((1, 512, 4096), generator=g), torch.randn((1, 512, 4096), generator=g)
+    cached = preset_model(patcher)
+    settings = SETTINGS
+    warm = demo.Settings(steps=2, cfg=5.0, sampler="euler", scheduler="simple")
+    timed_run(patcher, latent, ctx, neg, warm)
+    plain = timed_run(patcher, latent, ctx, neg, settings)
+    mag = timed_run(cached, latent, ctx, neg, settings)
+    result = {
+        "model": "Wan 2.1 T2V 1.3B architecture (dim 1536, 30 blocks), random weights, float16",
+        "latent": list(latent.shape), "video": f"832x480, {frames} frames", "settings": vars(settings),
+        "preset": PRESET, "recommended": vars(catalog.Recommended.of(catalog.load_preset(PRESET))),
+        "plain_seconds": plain.seconds, "magcache_seconds": mag.seconds,
+        "plain_seconds_per_step": plain.seconds / settings.steps,
+        "magcache_seconds_per_step": mag.seconds / settings.steps,
+        "speedup": plain.seconds / mag.seconds, "ideal_speedup": mag.calls / mag.computed,
+        "computed": mag.computed, "calls": mag.calls, "published_speedup": 2.2,
+    }
+    print(json.dumps(result, indent=1), flush=True)
+    return result
+
+
+# ----------------------------------------------------------------- report --
+
+
+def quality_plot(q: dict[str, Any]) -> None:
+    families: dict[str, list[dict[str, Any]]] = {}
+    for p in q["points"]:
+        families.setdefault(p["method"], []).append(p)
+    charts = []
+    for key, label in (("mean_psnr", "PSNR against uncached (dB)"), ("mean_ssim", "SSIM against uncached")):
+        series = []
+        for i, (name, pts) in enumerate(families.items()):
+            series.append(lineplot.Series(
+                name, [(p["speedup"], p[key]) for p in pts], lineplot.PALETTE[i % len(lineplot.PALETTE)],
+                dashed=not name.startswith("MagCache"), width=4 if name.startswith("MagCache") else 2,
+            ))
+        charts.append(lineplot.chart(
+            series, f"{label.split(' ')[0]} at equal compute, {len(q['pairs'])} prompt/seed pairs",
+            "speedup of the block stack (model calls / computed calls)", label.split(" (")[0], legend_rows=4,
+        ))
+    lineplot.side_by_side(charts).save(RESULTS / "quality.png")
+
+
+def report(command: str) -> None:
+    """Write RESULTS.md from whatever section results exist."""
+    lines = ["# Benchmark results", "", f"Produced by `{command}`.", ""]
+    info = _read("machine")
+    if info:
+        lines += [f"Machine: {info.get('cpu')}, {info.get('cores')} cores ({info.get('torch_threads')} torch threads), "
+                  f"torch {info.get('torch')}, ComfyUI {info.get('comfyui', '?')}"
+                  + (f", GPU {info['gpu']}" if info.get("gpu") else "")
+                  + f"; load average at start {info.get('load_average_at_start')}.", ""]
+    o, s, q, g = _read("overhead"), _read("speedup"), _read("quality"), _read("gpu")
+    lines += ["| # | measure | target | result | met |", "|---|---|---|---|---|"]
+    if o:
+        lines.append(f"| 1 | overhead, attached but computing every step (median of {o['pairs']} pairs) | <= 1% "
+                     f"| {o['overhead_percent']:+.2f}% | {'yes' if o['met'] else 'no'} |")
+    if s:
+        lines.append(f"| 2 | realized / ideal speedup ({s['preset']} preset, recommended settings) | >= 97% "
+                     f"| {s['median_realized']:.3f}x / {s['ideal_speedup']:.3f}x = "
+                     f"{100 * s['fraction_of_ideal']:.1f}% | {'yes' if s['met'] else 'no'} |")
+    if g:
+        lines.append(f"| 4 | full-size Wan 2.1 1.3B, {g['video']} | published 2.2x | {g['speedup']:.2f}x "
+                     f"({g['plain_seconds_per_step']:.2f} -> {g['magcache_seconds_per_step']:.2f} s/step) | - |")
+    else:
+        lines.append("| 4 | full-size Wan 2.1 1.3B at 480p on a GPU | published 2.2x | not run: no GPU "
+                     "(`python benchmarks/bench.py --gpu`) | - |")
+    if o:
+        m = o["model"]
+        lines += ["", f"Sections 1-2: random-weight Wan 2.1 (dim {m['dim']}, {m['layers']} blocks, FFN {m['ffn']}), "
+                  f"latent {tuple(o['latent'])}, euler/simple, cfg 5; section 1 at {o['settings']['steps']} steps, "
+                  f"section 2 at {STEPS}. Per-pair ratios: {', '.join(f'{r:.3f}' for r in o['ratios'])}."]
+    if s:
+        lines += ["", f"Section 2 computed {s['computed']} of {s['calls']} model calls; realized per pair: "
+                  f"{', '.join(f'{r:.3f}' for r in s['realized'])}."]
+    if q:
+        families: dict[str, list[dict[str, Any]]] = {}
+        for p in q["points"]:
+            families.setdefault(p["method"], []).append(p)
+        head = " | ".join(f"{t:g}x" for t in TARGETS[:3])
+        lines += ["", f"## Quality at equal compute ({len(q['pairs'])} prompt/seed pairs, {STEPS} steps euler/simple, "
+                  f"cfg 5, embedded tiny Wan 2.1)", "",
+                  "PSNR in dB / SSIM of the decoded frames against the uncached run, read off each method's line at "
+                  "the given speedup of the block stack (model calls / computed calls; linear between measured "
+                  "points; '-' where the method cannot reach it). Best of each column in bold.", "",
+                  f"| method | {head} |", "|---|" + "---|" * 3]
+        cells: dict[str, list[tuple[float | None, float | None]]] = {}
+        for name, pts in families.items():
+            cells[name] = [(interpolate(pts, t, "mean_psnr"), interpolate(pts, t, "mean_ssim")) for t in TARGETS[:3]]
+        best = [max((c[i][0] for c in cells.values() if c[i][0] is not None), default=None) for i in range(3)]
+        for name, row in cells.items():
+            out = []
+            for i, (p, ss) in enumerate(row):
+                if p is None:
+                    out.append("-")
+                else:
+                    text = f"{p:.2f} / {ss:.4f}"
+                    out.append(f"**{text}**" if best[i] is not None and abs(p - best[i]) < 1e-9 else text)
+            lines.append(f"| {name} | {' | '.join(out)} |")
+        r = q["reference_reading"]
+        lines += ["", f"The uncached samples: digit read back correctly in {100 * r['digit_accuracy']:.0f}% of clips, "
+                  f"glyph match {r['glyph_match']:.3f} (training data: about 0.95), motion error "
+                  f"{r['motion_error_px']:.2f} px/frame.", "", "![quality against speedup](quality.png)", "",
+                  "Measured points (all in quality.json):", "", "| method | knob | speedup | PSNR | SSIM |",
+                  "|---|---|---|---|---|"]
+        for p in q["points"]:
+            lines.append(f"| {p['method']} | {p['knob']:.4g} | {p['speedup']:.2f}x | {p['mean_psnr']:.2f} "
+                         f"| {p['mean_ssim']:.4f} |")
+    (RESULTS / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    global RESULTS
+    p = argparse.ArgumentParser(description="MagCache benchmark (see the module docstring).")
+    p.add_argument("--sections", default="overhead,speedup,quality")
+    p.add_argument("--gpu", action="store_true", help="run section 4 (full-size Wan 2.1 1.3B) on CUDA")
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--pairs", type=int, default=10, help="paired runs for sections 1 and 2")
+    p.add_argument("--overhead-steps", type=int, default=20)
+    p.add_argument("--quality-pairs", type=int, default=16)
+    p.add_argument("--tune-iterations", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", default=str(demo.MODEL_FILE), help="the trained model of section 3")
+    p.add_argument("--codec", default=str(demo.CODEC_FILE))
+    p.add_argument("--results", default=str(RESULTS), help="where to write the results")
+    args = p.parse_args(argv)
+    RESULTS = Path(args.results)
+    torch.set_num_threads(args.threads)
+    command = "python benchmarks/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    sections = ["gpu"] if args.gpu else [s.strip() for s in args.sections.split(",") if s.strip()]
+    _write("machine", machine())
+    for name in sections:
+        print(f"== section {name}", flush=True)
+        start = time.time()
+        result = {"overhead": section_overhead, "speedup": section_speedup, "quality": section_quality,
+                  "gpu": section_gpu}[name](args)
+        result["section_seconds"] = time.time() - start
+        _write(name, result)
+        if name == "quality":
+            quality_plot(result)
+    report(command.strip())
+    print(f"wrote {RESULTS / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
