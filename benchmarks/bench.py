@@ -162,7 +162,7 @@ def timed_run(patcher: Any, latent: torch.Tensor, context: torch.Tensor, negativ
     def on_step(*_: Any) -> None:
         steps[0] += 1
 
-    with demo.count_stack_runs(patcher) as runs:
+    with demo.count_stack_runs(patcher) as runs, torch.inference_mode():
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
