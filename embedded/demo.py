@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="MagCache demo on the embedded tiny Wan 2.1 model.")
-    p.add_argument("--prompts", default="0,1,2,3,4,5", help="digits to generate, comma-separated")
+    p.add_argument("--prompts", default="0,1,2,3,4,5,6,7,8,9", help="digits to generate, comma-separated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibration-digit", type=int, default=3)
     p.add_argument("--steps", type=int, default=Settings.steps)
