@@ -67,7 +67,7 @@ class Generation:
 
     frames: torch.Tensor  # (T, H, W) in 0..1
     seconds: float
-    calls: int  # model evaluations (one per step with the samplers used here; cond and uncond batched)
+    calls: int  # forwards of the diffusion model (cond and uncond batched: one per model evaluation)
     computed: int  # of those, the ones that ran the block stack
 
 
@@ -88,21 +88,29 @@ def load_codec(path: Path = CODEC_FILE) -> cdc.Codec:
 
 @contextmanager
 def count_stack_runs(patcher: Any) -> Iterator[list[int]]:
-    """Count the forwards of the last transformer block while sampling: yields ``[runs]``.
+    """Count model calls and block-stack runs while sampling: yields ``[calls, stack_runs]``.
 
-    The last block runs exactly when the block stack is computed: MagCache's
-    skip returns before it, and EasyCache/LazyCache skip the whole model.
+    A model call is a forward of the diffusion model (cond and uncond go
+    through it as one batch here). The last transformer block runs exactly
+    when the block stack is computed: MagCache's skip returns before it, and
+    EasyCache/LazyCache skip the whole model. Counting forwards rather than
+    sampler steps matters: uni_pc makes no model call on its last step.
     """
-    counts = [0]
+    counts = [0, 0]
 
-    def on_last(*_: Any) -> None:
+    def on_model(*_: Any) -> None:
         counts[0] += 1
 
-    handle = patcher.model.diffusion_model.blocks[-1].register_forward_pre_hook(on_last)
+    def on_last(*_: Any) -> None:
+        counts[1] += 1
+
+    dm = patcher.model.diffusion_model
+    handles = [dm.register_forward_pre_hook(on_model), dm.blocks[-1].register_forward_pre_hook(on_last)]
     try:
         yield counts
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 def generate(patcher: Any, codec: cdc.Codec, digit: int, seed: int, settings: Settings) -> Generation:
@@ -113,22 +121,17 @@ def generate(patcher: Any, codec: cdc.Codec, digit: int, seed: int, settings: Se
     noise = comfy.sample.prepare_noise(latent, seed)
     positive = [[codec.conditioning(digit), {}]]
     negative = [[codec.conditioning(cdc.EMPTY), {}]]
-    steps = [0]
-
-    def on_step(*_: Any) -> None:
-        steps[0] += 1
-
     # Inference mode, as ComfyUI's executor samples: no autograd bookkeeping in the timings.
-    with count_stack_runs(patcher) as runs, torch.inference_mode():
+    with count_stack_runs(patcher) as counts, torch.inference_mode():
         start = time.perf_counter()
         out = comfy.sample.sample(
             patcher, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler, positive, negative,
-            latent, seed=seed, disable_pbar=True, callback=on_step,
+            latent, seed=seed, disable_pbar=True,
         )
         seconds = time.perf_counter() - start
     # The sampler returns the stored latent format; the codec reads the model's own.
     frames = codec.decode(patcher.model.process_latent_in(out))[0]
-    return Generation(frames=frames, seconds=seconds, calls=steps[0], computed=runs[0])
+    return Generation(frames=frames, seconds=seconds, calls=counts[0], computed=counts[1])
 
 
 @contextmanager
