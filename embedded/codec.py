@@ -32,6 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual name)
 
+#: The shipped files of the embedded default, next to this module (one place that names them).
+MODEL_FILE = Path(__file__).resolve().parent / "tiny_wan_digits.safetensors"
+CODEC_FILE = Path(__file__).resolve().parent / "tiny_wan_digits_codec.safetensors"
+
 #: Canvas side in pixels, frames per clip, pixels per latent cell.
 CANVAS = 32
 FRAMES = 4

@@ -44,10 +44,8 @@ if __package__ in (None, ""):  # run as a script: find ComfyUI and register the 
 
 from comfyui_magcache.embedded import codec as cdc
 from comfyui_magcache.embedded import metrics
+from comfyui_magcache.embedded.codec import CODEC_FILE, MODEL_FILE
 
-HERE = Path(__file__).resolve().parent
-MODEL_FILE = HERE / "tiny_wan_digits.safetensors"
-CODEC_FILE = HERE / "tiny_wan_digits_codec.safetensors"
 CURVE_NAME = "tiny_wan_digits_demo"
 
 

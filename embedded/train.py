@@ -63,10 +63,8 @@ if __package__ in (None, ""):  # run as a script: find ComfyUI and register the 
     _bootstrap.boot()
 
 from comfyui_magcache.embedded import codec as cdc
+from comfyui_magcache.embedded.codec import CODEC_FILE, MODEL_FILE
 
-HERE = Path(__file__).resolve().parent
-MODEL_FILE = HERE / "tiny_wan_digits.safetensors"
-CODEC_FILE = HERE / "tiny_wan_digits_codec.safetensors"
 WORK_DIR = Path.home() / ".cache" / "comfyui-magcache" / "embedded-train"
 
 #: The architecture. Everything not listed is what ComfyUI's detection assumes for Wan 2.1.

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from ..embedded import codec as cdc
+from ..embedded.codec import CODEC_FILE
 
-CODEC_FILE = Path(__file__).resolve().parents[1] / "embedded" / "tiny_wan_digits_codec.safetensors"
 #: The prompt list, in the codec's order: digits 0-9, then the empty prompt.
 PROMPTS = tuple(cdc.prompt_text(i) for i in range(cdc.NUM_DIGITS + 1))
 
