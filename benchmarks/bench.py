@@ -154,21 +154,10 @@ class Timed:
 def timed_run(patcher: Any, latent: torch.Tensor, context: torch.Tensor, negative: torch.Tensor,
               settings: demo.Settings, seed: int = 0) -> Timed:
     """One sampling run of a random-weight model; wall time and block-stack counts."""
-    import comfy.sample
-
-    noise = comfy.sample.prepare_noise(latent, seed)
-    with demo.count_stack_runs(patcher) as counts, torch.inference_mode():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        comfy.sample.sample(
-            patcher, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler,
-            [[context, {}]], [[negative, {}]], latent, seed=seed, disable_pbar=True,
-        )
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    return Timed(seconds, counts[0], counts[1])
+    _, seconds, calls, computed = demo.timed_sample(
+        patcher, latent, [[context, {}]], [[negative, {}]], settings, seed
+    )
+    return Timed(seconds, calls, computed)
 
 
 def paired(a: Any, b: Any, pairs: int, run: Any, label: str) -> list[tuple[Timed, Timed]]:
@@ -196,29 +185,28 @@ def _read(name: str) -> dict[str, Any] | None:
 
 # ------------------------------------------------------- sections 1 and 2 --
 
-def speed_model(args: argparse.Namespace) -> dict[str, int]:
-    """The random-weight Wan of sections 1 and 2, sized so the block stack dominates its cost.
-
-    What MagCache never skips (sampler arithmetic, embeddings, head, CFG) is a
-    fixed cost per call; at 6 blocks of dim 512 it was about 5% of a call on
-    2 CPU cores, which alone holds the realized speedup to 95% of the ideal.
-    16 blocks (the default) bring it near 2%, closer to real models (Wan 2.1
-    1.3B has 30 blocks of dim 1536).
-    """
-    return {"dim": 512, "layers": args.speed_layers, "ffn": 2048}
 SPEED_LATENT = (1, 16, 4, 16, 16)  # 4 x 8 x 8 = 256 tokens after Wan's 2x2 patches
 
 
-def _speed_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def speed_setup(args: argparse.Namespace) -> tuple[dict[str, int], Any, tuple[torch.Tensor, ...]]:
+    """The random-weight Wan of sections 1 and 2 and its inputs: ``(size, patcher, (latent, ctx, neg))``.
+
+    Sized so the block stack dominates: what MagCache never skips (sampler
+    arithmetic, embeddings, head, CFG) is a fixed cost per call; at 6 blocks
+    of dim 512 it was about 5% of a call on 2 CPU cores, which alone holds the
+    realized speedup to 95% of the ideal. 16 blocks (the default) bring it
+    near 2%, closer to real models (Wan 2.1 1.3B has 30 blocks of dim 1536).
+    """
+    size = {"dim": 512, "layers": args.speed_layers, "ffn": 2048}
+    patcher = random_wan(size["dim"], size["layers"], size["ffn"], seed=1)
     g = torch.Generator().manual_seed(7)
-    return (torch.zeros(SPEED_LATENT), torch.randn((1, 8, 4096), generator=g), torch.randn((1, 8, 4096), generator=g))
+    inputs = (torch.zeros(SPEED_LATENT), torch.randn((1, 8, 4096), generator=g), torch.randn((1, 8, 4096), generator=g))
+    return size, patcher, inputs
 
 
 def section_overhead(args: argparse.Namespace) -> dict[str, Any]:
     """MagCache attached with threshold 0 (every hook runs, nothing skipped) against the plain model."""
-    size = speed_model(args)
-    patcher = random_wan(size["dim"], size["layers"], size["ffn"], seed=1)
-    latent, ctx, neg = _speed_inputs()
+    size, patcher, (latent, ctx, neg) = speed_setup(args)
     settings = demo.Settings(steps=args.overhead_steps, cfg=5.0, sampler="euler", scheduler="simple")
     attached = preset_model(patcher, threshold=0.0)
 
@@ -244,9 +232,7 @@ def section_overhead(args: argparse.Namespace) -> dict[str, Any]:
 
 def section_speedup(args: argparse.Namespace) -> dict[str, Any]:
     """Realized against ideal speedup with the preset at its recommended settings."""
-    size = speed_model(args)
-    patcher = random_wan(size["dim"], size["layers"], size["ffn"], seed=1)
-    latent, ctx, neg = _speed_inputs()
+    size, patcher, (latent, ctx, neg) = speed_setup(args)
     cached = preset_model(patcher)
 
     def run(m: Any) -> Timed:

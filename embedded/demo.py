@@ -91,8 +91,8 @@ def count_stack_runs(patcher: Any) -> Iterator[list[int]]:
     A model call is a forward of the diffusion model (cond and uncond go
     through it as one batch here). The last transformer block runs exactly
     when the block stack is computed: MagCache's skip returns before it, and
-    EasyCache/LazyCache skip the whole model. Counting forwards rather than
-    sampler steps matters: uni_pc makes no model call on its last step.
+    EasyCache/LazyCache skip the whole model. Forwards, not sampler steps:
+    heun, dpm_2 and other samplers call the model more than once per step.
     """
     counts = [0, 0]
 
@@ -111,25 +111,40 @@ def count_stack_runs(patcher: Any) -> Iterator[list[int]]:
             h.remove()
 
 
-def generate(patcher: Any, codec: cdc.Codec, digit: int, seed: int, settings: Settings) -> Generation:
-    """Generate the clip of ``digit`` with ComfyUI's sampler, the empty prompt as negative."""
+def timed_sample(
+    patcher: Any, latent: torch.Tensor, positive: Any, negative: Any, settings: Settings, seed: int
+) -> tuple[torch.Tensor, float, int, int]:
+    """One run of ComfyUI's sampler: ``(latent out, seconds, model calls, block-stack runs)``.
+
+    Inference mode, as ComfyUI's executor samples: no autograd bookkeeping in
+    the timings. On a GPU the clock waits for the device at both ends.
+    """
     import comfy.sample
 
-    latent = torch.zeros(1, cdc.CHANNELS, cdc.FRAMES, cdc.LATENT_SIDE, cdc.LATENT_SIDE)
     noise = comfy.sample.prepare_noise(latent, seed)
-    positive = [[codec.conditioning(digit), {}]]
-    negative = [[codec.conditioning(cdc.EMPTY), {}]]
-    # Inference mode, as ComfyUI's executor samples: no autograd bookkeeping in the timings.
     with count_stack_runs(patcher) as counts, torch.inference_mode():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         start = time.perf_counter()
         out = comfy.sample.sample(
             patcher, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler, positive, negative,
             latent, seed=seed, disable_pbar=True,
         )
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+    return out, seconds, counts[0], counts[1]
+
+
+def generate(patcher: Any, codec: cdc.Codec, digit: int, seed: int, settings: Settings) -> Generation:
+    """Generate the clip of ``digit`` with ComfyUI's sampler, the empty prompt as negative."""
+    latent = torch.zeros(1, cdc.CHANNELS, cdc.FRAMES, cdc.LATENT_SIDE, cdc.LATENT_SIDE)
+    positive = [[codec.conditioning(digit), {}]]
+    negative = [[codec.conditioning(cdc.EMPTY), {}]]
+    out, seconds, calls, computed = timed_sample(patcher, latent, positive, negative, settings, seed)
     # The sampler returns the stored latent format; the codec reads the model's own.
     frames = codec.decode(patcher.model.process_latent_in(out))[0]
-    return Generation(frames=frames, seconds=seconds, calls=counts[0], computed=counts[1])
+    return Generation(frames=frames, seconds=seconds, calls=calls, computed=computed)
 
 
 @contextmanager

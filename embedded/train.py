@@ -30,7 +30,7 @@ uninterrupted one would (same torch version, same thread count).
 Usage (from anywhere; the pack root must not be the working directory's
 ``sys.path`` entry, which running the file directly guarantees)::
 
-    python embedded/train.py            # 6000 steps: the shipped file, about 75 minutes on 2 cores
+    python embedded/train.py            # 6000 steps: the shipped file, about 80 minutes on 2 cores
     python embedded/train.py --resume   # continue after an interruption
 
 The shipped ``tiny_wan_digits.safetensors`` is the default run (6000 steps of
