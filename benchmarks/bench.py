@@ -63,12 +63,12 @@ import itertools
 
 import lineplot
 
+from comfyui_magcache.cache import magcache as engine
+from comfyui_magcache.cache.policy import plan_run
 from comfyui_magcache.calibration import catalog
 from comfyui_magcache.embedded import codec as cdc
 from comfyui_magcache.embedded import demo, metrics
-from comfyui_magcache.nodes import engine
-from comfyui_magcache.nodes.architectures import architecture_of
-from comfyui_magcache.nodes.policy import plan_run
+from comfyui_magcache.hooks.families import family_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESET = "wan2.1_t2v_1.3B"
@@ -349,7 +349,7 @@ def section_quality(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, demo.curve_folder(Path(tmp)):
         one = demo.calibrate(patcher, codec, [3], 1000, SETTINGS, "bench_one_sample")
         several = demo.calibrate(patcher, codec, list(range(8)), 2000, SETTINGS, "bench_eight_samples")
-    arch = architecture_of(patcher.model.diffusion_model)
+    arch = family_of(patcher.model.diffusion_model, patcher.model.model_config)
     rec = catalog.Recommended.of(one)
     retention = rec.retention
 

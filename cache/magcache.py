@@ -1,23 +1,21 @@
-"""The engine: hooks MagCache into a ComfyUI model through its public extension points.
+"""MagCache as a method on the shared hooks: the run state, its wrappers, and how it attaches.
 
 Pieces, in the order a sampling run meets them:
 
-* ``outer_sample_wrapper`` (``WrappersMP.OUTER_SAMPLE``): when sampling starts,
-  turns the node's :class:`MagCacheConfig` into a fresh :class:`RunState` in the
-  run's own copy of the model options, installs the block patches there
-  (chaining to any patch another node set), logs the plan; when sampling ends,
-  for any reason, logs the summary and drops every cached tensor.
-* ``calc_cond_batch_wrapper`` (``WrappersMP.CALC_COND_BATCH``): once per model
-  evaluation, asks the pure :class:`~.policy.SkipPolicy` whether this call may
-  skip the block stack.
-* ``apply_model_wrapper`` (``WrappersMP.APPLY_MODEL``): once per batch that
-  ComfyUI sends through the model, tells the block patches which conditionings
-  (by uuid) the batch holds, and switches skipping off for the run when inputs
-  that act between blocks (ControlNet, VACE) are present.
-* :class:`BlockPatch` (``patches_replace["dit"]``): on a computed call, the first
-  block notes the stack's input and the last block stores the residual per
-  conditioning; on a skipped call, the first block returns ``x + r`` and every
-  other block passes its input through.
+* :func:`outer_sample_wrapper` (``WrappersMP.OUTER_SAMPLE``): when sampling
+  starts, turns the node's :class:`MagCacheConfig` into a fresh
+  :class:`RunState`, plans the run from the curve and the sigmas, installs the
+  run's hooks (``hooks.sites``) in its own copy of the model options and logs
+  the plan; when sampling ends, for any reason, logs the summary and drops
+  every cached tensor.
+* :func:`calc_cond_batch_wrapper` (``WrappersMP.CALC_COND_BATCH``): once per
+  model evaluation, asks the pure :class:`~.policy.SkipPolicy` whether this
+  evaluation may skip. An evaluation whose options differ from the run's own
+  (a guidance method calling the model again with layers skipped or patches
+  changed) is computed in full and never shares the cache.
+* the shared ``APPLY_MODEL`` wrapper and block patches / output wrapper
+  (``hooks``) call :meth:`RunState.begin_batch`, :meth:`RunState.replacement`
+  and :meth:`RunState.store`.
 
 Nothing is stored on the model object or the node's model: the run state lives
 in the per-run options ComfyUI discards when sampling ends.
@@ -26,7 +24,7 @@ in the per-run options ComfyUI discards when sampling ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -34,16 +32,22 @@ from typing import Any
 import torch
 
 from ..calibration.curve import MagnitudeCurve
-from .architectures import Architecture, Stack, Tokens
+from ..hooks.families import Family, Level
+from ..hooks.host import arg, model_sampling_of
+from ..hooks.sites import Batch, RunHooks
+from ..hooks.wrappers import MAGCACHE_KEY, apply_model_wrapper, run_scope
+from ..hooks.wrappers import attach as attach_wrappers
 from .policy import Plan, SkipPolicy, SkipSettings, plan_run
 
 log = logging.getLogger("comfyui-magcache")
 
-#: Key of our wrappers and of our entry in ``transformer_options``.
-KEY = "magcache"
+KEY = MAGCACHE_KEY
 #: Schedules shorter than this are left alone: few-step (distilled) models are
 #: ruined by skipping, and there is nothing to gain.
 MIN_STEPS = 10
+#: ``transformer_options`` entries that legitimately differ between the
+#: evaluations of one run, and so do not make an evaluation a variant.
+_PER_CALL_OPTIONS = frozenset({"sample_sigmas", KEY})
 
 
 @dataclass(frozen=True)
@@ -51,13 +55,14 @@ class MagCacheConfig:
     """What the node decided; immutable, shared by every run of the patched model."""
 
     curve: MagnitudeCurve
-    architecture: Architecture
+    family: Family
     threshold: float
     max_skips: int
     retention: float
     start: float = 0.0
     end: float = 1.0
     offload_cache: bool = False
+    level: Level = Level.BLOCK
 
     def settings_for(self, model_sampling: Any) -> SkipSettings:
         """Resolve schedule fractions to sigmas of this model's sampling."""
@@ -71,14 +76,26 @@ class MagCacheConfig:
 
 
 @dataclass
-class _Batch:
-    """The batch currently inside the diffusion model."""
+class _Evaluation:
+    """One model evaluation (a call of ``calc_cond_batch``)."""
 
-    uuids: tuple[Any, ...]
     skip: bool
-    # Set by the first block: whether this forward replaces the stack.
-    skipping: bool = False
-    x_in: torch.Tensor | None = None
+    variant: bool
+    computed: bool = False
+
+
+def _signature(options: Any, path: tuple[Any, ...] = ()) -> frozenset[tuple[Any, ...]]:
+    """The leaves of a nested options dict, by identity: cheap, and blind to the copies ComfyUI makes."""
+    if isinstance(options, dict):
+        items: set[tuple[Any, ...]] = set()
+        for k, v in options.items():
+            if not path and k in _PER_CALL_OPTIONS:
+                continue
+            items |= _signature(v, (*path, k))
+        return frozenset(items)
+    if isinstance(options, (list, tuple)):
+        return frozenset((*path, i, id(v)) for i, v in enumerate(options))
+    return frozenset({(*path, id(options))})
 
 
 @dataclass
@@ -89,45 +106,75 @@ class RunState:
     policy: SkipPolicy
     plan: Plan
     cache_device: torch.device | None
+    hooks: RunHooks = field(init=False)
     disabled: str | None = None  # why skipping is off for this run, if it is
-    evaluation_skip: bool = False
-    batch: _Batch | None = None
+    evaluation: _Evaluation | None = None
+    reference: frozenset[tuple[Any, ...]] | None = None  # the run's own options, seen at its first evaluation
+    #: Cached residual per conditioning uuid, and per whole batch (by its uuids) for the one-add path.
     residuals: dict[Any, torch.Tensor] = field(default_factory=dict)
-    batch_residual: tuple[tuple[Any, ...], torch.Tensor] | None = None
+    by_batch: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
     evaluations: int = 0
     skipped_evaluations: int = 0
-    stack_runs: int = 0
+    variants: int = 0
     forced: int = 0
-    # Whether the evaluation in progress has run the block stack on some batch.
-    evaluation_computed: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    # -- per model evaluation -------------------------------------------------
-    def begin_evaluation(self, sigma: float, roles: tuple[int, ...]) -> None:
-        self._close_evaluation()
+    # -- per model evaluation (main thread) -------------------------------------
+    def begin_evaluation(self, sigma: float, roles: tuple[int, ...], options: dict[str, Any]) -> None:
+        self.end_evaluation()
+        signature = _signature(options)
+        if self.reference is None:
+            self.reference = signature
+        if signature != self.reference:
+            self.variants += 1
+            self.evaluation = _Evaluation(skip=False, variant=True)
+            return
         self.evaluations += 1
         skip = self.policy.decide(sigma, roles)
-        self.evaluation_skip = skip and self.disabled is None
-        self.evaluation_computed = False
+        self.evaluation = _Evaluation(skip=skip and self.disabled is None, variant=False)
 
-    def _close_evaluation(self) -> None:
-        if not self.evaluation_computed:
+    def end_evaluation(self) -> None:
+        ev = self.evaluation
+        if ev is not None and not ev.variant and not ev.computed:
             self.skipped_evaluations += 1
-            self.evaluation_computed = True
+        self.evaluation = None
 
     def disable(self, reason: str) -> None:
-        if self.disabled is None:
-            self.disabled = reason
-            log.info("MagCache: skipping switched off for this run: %s", reason)
-        self.evaluation_skip = False
+        with self.lock:
+            if self.disabled is None:
+                self.disabled = reason
+                log.info("MagCache: skipping switched off for this run: %s", reason)
+        if self.evaluation is not None:
+            self.evaluation.skip = False
 
-    # -- residual cache -------------------------------------------------------
-    def cached_residual_for(self, x: torch.Tensor, uuids: tuple[Any, ...]) -> torch.Tensor | None:
+    # -- the hooks' method (any thread) -------------------------------------------
+    def begin_batch(self, batch: Batch) -> None:
+        ev = self.evaluation
+        if ev is None or ev.variant:
+            batch.observe = False  # computed in full, never shares the cache
+            return
+        batch.skip = ev.skip and self.disabled is None
+
+    def end_batch(self, batch: Batch) -> None:
+        ev = self.evaluation
+        if ev is not None and not batch.skipping:
+            ev.computed = True
+
+    def replacement(self, batch: Batch, x: torch.Tensor) -> torch.Tensor | None:
         """``x + r`` for the batch, or None when some conditioning has no usable residual."""
-        if self.batch_residual is not None and self.batch_residual[0] == uuids:
-            r = self.batch_residual[1]
-            if r.shape == x.shape:
-                return x + r.to(x.device, non_blocking=True) if self.cache_device is not None else x + r
-            return None
+        r = self.by_batch.get(batch.uuids)
+        if r is None and len(batch.uuids) == 1:
+            r = self.residuals.get(batch.uuids[0])
+        if r is not None and r.shape == x.shape:
+            return x + (r.to(x.device, non_blocking=True) if self.cache_device is not None else r)
+        out = self._assemble(x, batch.uuids)
+        if out is None:
+            with self.lock:
+                self.forced += 1
+        return out
+
+    def _assemble(self, x: torch.Tensor, uuids: tuple[Any, ...]) -> torch.Tensor | None:
+        """``x + r`` from per-conditioning residuals, for a batch put together differently than when cached."""
         n = len(uuids)
         if n == 0 or x.shape[0] % n:
             return None
@@ -143,131 +190,42 @@ class RunState:
             )
         return out
 
-    def store_residual(self, r: torch.Tensor, uuids: tuple[Any, ...]) -> None:
+    def store(self, batch: Batch, residual: torch.Tensor) -> None:
         if self.cache_device is not None:
-            r = r.to(self.cache_device, non_blocking=True)
-        self.batch_residual = (uuids, r)
-        if uuids and r.shape[0] % len(uuids) == 0:
-            for u, part in zip(uuids, r.chunk(len(uuids))):
-                self.residuals[u] = part
+            residual = residual.to(self.cache_device, non_blocking=True)
+        uuids = batch.uuids
+        with self.lock:
+            # A batch of another make-up holding one of these conds now holds an older residual.
+            for other in [k for k in self.by_batch if k != uuids and set(k) & set(uuids)]:
+                del self.by_batch[other]
+            self.by_batch[uuids] = residual
+            if uuids and residual.shape[0] % len(uuids) == 0:
+                for u, part in zip(uuids, residual.chunk(len(uuids))):
+                    self.residuals[u] = part
 
     def free(self) -> None:
         self.residuals.clear()
-        self.batch_residual = None
-        self.batch = None
+        self.by_batch.clear()
+        self.evaluation = None
 
     def summary(self) -> str:
-        self._close_evaluation()
+        self.end_evaluation()
         computed = self.evaluations - self.skipped_evaluations
         speed = self.evaluations / computed if computed else 1.0
+        what = "block stack" if self.config.level is Level.BLOCK else "whole model"
         text = (
-            f"MagCache: skipped the block stack on {self.skipped_evaluations} of {self.evaluations} model calls "
-            f"(plan: {self.plan.total - self.plan.computed} of {self.plan.total}), ~{speed:.2f}x on the blocks"
+            f"MagCache: skipped the {what} on {self.skipped_evaluations} of {self.evaluations} model calls "
+            f"(plan: {self.plan.total - self.plan.computed} of {self.plan.total}), ~{speed:.2f}x on the "
+            f"{'blocks' if what == 'block stack' else 'model'}"
         )
         if self.forced:
             text += f"; {self.forced} batch(es) computed off-plan for lack of a matching cached residual"
+        if self.variants:
+            text += f"; {self.variants} extra evaluation(s) with changed options (guidance) computed in full"
         return text
 
 
-class BlockPatch:
-    """A ``patches_replace["dit"]`` entry for one block of the stack.
-
-    Chains to ``previous`` (a patch another node set on the same block) when
-    the block is computed, so both patches take effect.
-    """
-
-    def __init__(
-        self, run: RunState, stack: Stack, first: bool, last: bool, previous: Callable[..., Any] | None
-    ) -> None:
-        self.run = run
-        self.stack = stack
-        self.first = first
-        self.last = last
-        self.previous = previous
-
-    def _compute(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        if self.previous is not None:
-            return self.previous(args, extra)
-        return extra["original_block"](args)
-
-    def __call__(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        batch = self.run.batch
-        if batch is None:  # called outside a sampling run we prepared
-            return self._compute(args, extra)
-        key = self.stack.key
-        if self.first:
-            batch.skipping = False
-            batch.x_in = None
-            if batch.skip:
-                x = args[key]
-                out = self.run.cached_residual_for(x, batch.uuids)
-                if out is not None:
-                    batch.skipping = True
-                    return {**args, key: out}
-                self.run.forced += 1
-            batch.x_in = stack_input(self.stack, args)
-            self.run.stack_runs += 1
-            self.run.evaluation_computed = True
-        if batch.skipping:
-            return args
-        out = self._compute(args, extra)
-        if self.last and batch.x_in is not None:
-            self.run.store_residual(stack_residual(self.stack, batch.x_in, out[key]), batch.uuids)
-            batch.x_in = None
-        return out
-
-
-def stack_input(stack: Stack, args: dict[str, Any]) -> torch.Tensor:
-    """A copy of the hidden states entering the stack's first block, from the patch's ``args``.
-
-    A copy, because several families' blocks update their input in place
-    (Flux, HunyuanVideo, Chroma, LTX-Video), which would zero the residual.
-    """
-    return args[stack.key].clone()
-
-
-def stack_residual(stack: Stack, x_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """What the block stack added to the image tokens: ``y - x_in``.
-
-    ``x_in`` is what entered the first block (image tokens only); ``y`` is what
-    left the last block, which belongs to ``stack``. Single-stream stacks run on text and image
-    tokens concatenated, so ``y`` is first cut down to the image tokens.
-    """
-    n = x_in.shape[1]
-    if stack.tokens is Tokens.HEAD:
-        y = y[:, :n]
-    elif stack.tokens is Tokens.TAIL:
-        y = y[:, y.shape[1] - n :]
-    return y - x_in
-
-
-#: Builds the patch of one block: ``make_patch(stack, first=..., last=..., previous=...)``;
-#: None leaves that block as it is.
-PatchFactory = Callable[..., Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None]
-
-
-def install_block_patches(
-    model_options: dict[str, Any], diffusion_model: Any, arch: Architecture, make_patch: PatchFactory
-) -> dict[str, Any]:
-    """Patch every block of ``arch``'s stacks in ``model_options`` (a per-run copy).
-
-    ``first`` and ``last`` mark the ends of the whole stack; ``previous`` is the
-    patch another node set on that block, which the new patch must chain to.
-    Shared by MagCache and the calibration recorder.
-    """
-    import comfy.model_patcher
-
-    blocks = [(stack, i) for stack in arch.stacks for i in range(len(getattr(diffusion_model, stack.attr)))]
-    existing = model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-    for n, (stack, i) in enumerate(blocks):
-        previous = existing.get((stack.patch_name, i))
-        patch = make_patch(stack, first=n == 0, last=n == len(blocks) - 1, previous=previous)
-        if patch is None:
-            continue
-        model_options = comfy.model_patcher.set_model_options_patch_replace(
-            model_options, patch, "dit", stack.patch_name, i
-        )
-    return model_options
+# -- wrappers ------------------------------------------------------------------
 
 
 def sigma_to_percent(model_sampling: Any, sigma: float) -> float:
@@ -302,31 +260,26 @@ def equivalent_steps(model_sampling: Any, sigmas: list[float]) -> float:
 def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     """Set up a fresh run state for this sampling run and tear it down after."""
     guider = executor.class_obj
-    config: MagCacheConfig | None = guider.model_options.get("transformer_options", {}).get(KEY)
+    config = guider.model_options.get("transformer_options", {}).get(KEY)
     if not isinstance(config, MagCacheConfig):
         return executor(*args, **kwargs)
-    sigmas = [float(s) for s in args[3].detach().flatten().cpu().tolist()]
+    sigmas = [float(s) for s in arg("outer_sample", "sigmas", args, kwargs).detach().flatten().cpu().tolist()]
     patcher = guider.model_patcher
-    model = patcher.model
+    model_sampling = model_sampling_of(patcher)
     steps = max(len(sigmas) - 1, 0)
-    if steps and equivalent_steps(model.model_sampling, sigmas) < MIN_STEPS:
+    if steps and equivalent_steps(model_sampling, sigmas) < MIN_STEPS:
         log.info(
             "MagCache: %d-step schedule is too short to skip safely (few-step and distilled models); "
             "computing every step.",
             steps,
         )
         return executor(*args, **kwargs)
-    settings = config.settings_for(model.model_sampling)
+    settings = config.settings_for(model_sampling)
     roles = (0, 1) if float(getattr(guider, "cfg", 1.0)) != 1.0 else (0,)
     plan = plan_run(config.curve, settings, sigmas, roles)
     cache_device = torch.device(patcher.offload_device) if config.offload_cache else None
     run = RunState(config=config, policy=SkipPolicy(config.curve, settings), plan=plan, cache_device=cache_device)
-    orig_options = guider.model_options
-    import comfy.model_patcher
-
-    options = comfy.model_patcher.create_model_options_clone(orig_options)
-    options = install_block_patches(options, model.diffusion_model, config.architecture, partial(BlockPatch, run))
-    options["transformer_options"][KEY] = run
+    run.hooks = RunHooks(run, config.family, config.level)
     log.info(
         "MagCache: computing %d of %d steps, ~%.2fx (curve '%s', threshold %g, K %d, retention %g)",
         plan.computed,
@@ -337,49 +290,31 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
         config.max_skips,
         config.retention,
     )
-    guider.model_options = options
     try:
-        return executor(*args, **kwargs)
+        with run_scope(guider, KEY, run.hooks, run):
+            return executor(*args, **kwargs)
     finally:
-        guider.model_options = orig_options
         log.info(run.summary())
         run.free()
 
 
 def calc_cond_batch_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
-    """One decision per model evaluation, shared by every batch it is split into.
-
-    Arguments are ComfyUI's ``calc_cond_batch(model, conds, x_in, timestep, model_options)``.
-    """
-    conds, timestep, model_options = args[1], args[3], args[4]
-    run = model_options.get("transformer_options", {}).get(KEY)
-    if isinstance(run, RunState):
-        # One scalar read per model evaluation (not per block): the sampler
-        # itself reads its sigmas on the host at every step.
-        sigma = float(timestep.reshape(-1)[0])
-        roles = tuple(i for i, c in enumerate(conds) if c is not None)
-        run.begin_evaluation(sigma, roles)
-    return executor(*args, **kwargs)
-
-
-def apply_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
-    """Tell the block patches which conditionings this batch holds."""
-    transformer_options = args[5] if len(args) > 5 else kwargs.get("transformer_options", {})
+    """One decision per model evaluation, shared by every batch it is split into."""
+    model_options = arg("calc_cond_batch", "model_options", args, kwargs) or {}
+    transformer_options = model_options.get("transformer_options", {})
     run = transformer_options.get(KEY)
     if not isinstance(run, RunState):
         return executor(*args, **kwargs)
-    control = args[4] if len(args) > 4 else kwargs.get("control")
-    if control is not None:
-        run.disable("ControlNet inputs add features between blocks")
-    for name in run.config.architecture.between_block_inputs:
-        if kwargs.get(name) is not None:
-            run.disable(f"'{name}' inputs add features between blocks")
-    uuids = tuple(transformer_options.get("uuids") or ())
-    run.batch = _Batch(uuids=uuids, skip=run.evaluation_skip)
+    # One scalar read per model evaluation (not per block): the sampler
+    # itself reads its sigmas on the host at every step.
+    sigma = float(arg("calc_cond_batch", "timestep", args, kwargs).reshape(-1)[0])
+    conds = arg("calc_cond_batch", "conds", args, kwargs)
+    roles = tuple(i for i, c in enumerate(conds) if c is not None)
+    run.begin_evaluation(sigma, roles, transformer_options)
     try:
         return executor(*args, **kwargs)
     finally:
-        run.batch = None
+        run.end_evaluation()
 
 
 def attach(model: Any, config: MagCacheConfig) -> None:
@@ -397,19 +332,7 @@ def attach(model: Any, config: MagCacheConfig) -> None:
         {
             ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
             ext.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper,
-            ext.WrappersMP.APPLY_MODEL: apply_model_wrapper,
+            ext.WrappersMP.APPLY_MODEL: partial(apply_model_wrapper, KEY),
         },
         config,
     )
-
-
-def attach_wrappers(model: Any, key: str, wrappers: dict[str, Callable[..., Any]], value: Any) -> None:
-    """Put ``wrappers`` and ``value`` on ``model`` under ``key``, replacing earlier ones of that key.
-
-    ``value`` goes in ``transformer_options[key]``: the wrappers find it there
-    when sampling starts. Shared by MagCache and the calibration recorder.
-    """
-    for kind, fn in wrappers.items():
-        model.remove_wrappers_with_key(kind, key)
-        model.add_wrapper_with_key(kind, key, fn)
-    model.model_options.setdefault("transformer_options", {})[key] = value

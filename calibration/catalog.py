@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ..hooks.families import Family, Level
 from .curve import CurveError, MagnitudeCurve
 from .curve_file import SUFFIX, load_curve
 
@@ -144,55 +145,27 @@ def clean_curve_name(name: str) -> str:
     return stem[:100] + SUFFIX
 
 
-# -- automatic choice ---------------------------------------------------------
-
-#: ComfyUI model-config class -> preset, with size rules where one class covers
-#: several published models. Sources of the curves: see presets/PROVENANCE.md.
-_AUTO_BY_CONFIG: dict[str, str] = {
-    "WAN21_T2V": "wan2.1_t2v_1.3B",
-    "WAN21_I2V": "wan2.1_i2v_480p_14B",
-    "WAN21_FunControl2V": "wan2.1_i2v_480p_14B",
-    "WAN21_Vace": "wan2.1_vace_1.3B",
-    "WAN22_T2V": "wan2.2_ti2v_5B",
-    "HunyuanVideo": "hunyuan_video",
-    "HunyuanVideoI2V": "hunyuan_video",
-    "HunyuanVideoSkyreelsI2V": "hunyuan_video",
-    "HunyuanVideo15": "hunyuan_video1.5",
-    "Flux": "flux",
-    "FluxInpaint": "flux",
-    "FluxSchnell": "flux",
-    "Chroma": "chroma",
-    "ChromaRadiance": "chroma",
-    "QwenImage": "qwen_image",
-}
-
-#: Flow-matching families with no published curve: a stand-in curve is used,
-#: and the log line says so and recommends a calibration.
-_STAND_IN: dict[str, str] = {
-    "LTXV": "wan2.1_t2v_1.3B",
-    "GenmoMochi": "wan2.1_t2v_1.3B",
-    "SD3": "flux",
-    "AuraFlow": "flux",
-}
+# -- fit to a model -------------------------------------------------------------
 
 
-def auto_curve(model_config_name: str, width: int | None) -> tuple[str | None, str]:
-    """Pick a preset for a loaded model; return ``(preset or None, note)``.
+def checked_for(curve: MagnitudeCurve, family: Family) -> MagnitudeCurve:
+    """``curve`` if it may drive a model of ``family``; raise naming the curve and the fix if not.
 
-    ``width`` is the hidden size of the diffusion model where known: it tells
-    Wan 2.1 1.3B (1536) from 14B (5120), for example.
+    A curve is measured on one layout (metadata ``architecture``) at one level:
+    it is refused on another layout, and a block-stack curve is refused on a
+    family that can only be cached at the model's output.
     """
-    name = _AUTO_BY_CONFIG.get(model_config_name)
-    if name is not None:
-        if name == "wan2.1_t2v_1.3B" and width is not None and width >= 4096:
-            name = "wan2.1_t2v_14B"
-        if name == "wan2.1_vace_1.3B" and width is not None and width >= 4096:
-            name = "wan2.1_vace_14B"
-        return name, f"auto-selected for {model_config_name}"
-    name = _STAND_IN.get(model_config_name)
-    if name is not None:
-        return name, (
-            f"no published curve for {model_config_name}; using the '{name}' curve as a stand-in. "
-            "Run MagCache Calibrate once for a curve of this model"
+    recorded_on = curve.metadata.get("architecture")
+    if recorded_on and recorded_on != family.key:
+        raise CurveError(
+            f"curve '{curve.name}' was calibrated on {recorded_on}, but this model is {family.name} ({family.key}): "
+            "pick a curve of this model's family, or 'auto'"
         )
-    return None, f"no curve for {model_config_name}: run MagCache Calibrate once and pick the saved curve"
+    if curve.level not in (Level.BLOCK.value, Level.OUTPUT.value):
+        raise CurveError(f"curve '{curve.name}' names an unknown level {curve.level!r}; recalibrate it")
+    if curve.level == Level.BLOCK.value and family.level is Level.OUTPUT:
+        raise CurveError(
+            f"curve '{curve.name}' was recorded on the block stack, but {family.name} can only be cached at the "
+            "model's output: calibrate it with MagCache Calibrate and pick that curve"
+        )
+    return curve

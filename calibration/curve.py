@@ -149,6 +149,15 @@ class MagnitudeCurve:
         return self.roles.get("uncond", self.roles["cond"])
 
     @property
+    def level(self) -> str:
+        """Where the curve was measured: "block" (the block stack's residual) or "output" (the model's).
+
+        Curves without the key (the published presets, calibrations of pack
+        versions before 0.2) were measured on the block stack.
+        """
+        return str(self.metadata.get("level", "block"))
+
+    @property
     def steps(self) -> int:
         """Number of model calls per role the curve was recorded from."""
         return len(self.roles["cond"].sigma)

@@ -1,23 +1,21 @@
 """The calibration recorder: watches sampling runs and measures how the block stack's residual changes.
 
-It hooks ComfyUI through the same extension points as MagCache itself
-(``nodes/engine.py``) and shares its pieces: the architecture table, the
-block-patch installer that chains to other nodes' patches, and the cut of the
-residual ``r = blocks(x) - x`` to the image tokens.
+It hooks ComfyUI through the same layer as MagCache itself (``hooks``): the
+family table, the block patches (only the first and last block, chained to
+other nodes' patches) or the output wrapper, the per-run options, and the cut
+of the residual ``r = blocks(x) - x`` to the image tokens with its checks.
 
 * ``outer_sample_wrapper`` (``WrappersMP.OUTER_SAMPLE``): when sampling starts,
   checks that the run can be added to the saved curve of that name, creates a
-  fresh :class:`Recording` in the run's own copy of the model options and
-  patches the first and last block there; when sampling ends normally, turns
-  the recording into a :class:`~.runs.CalibrationRun`, combines it with the
-  runs already saved under the name, writes the file and logs where it went.
-  A run that fails or is cancelled saves nothing; either way nothing is left.
-* ``apply_model_wrapper`` (``WrappersMP.APPLY_MODEL``): tells the block patches
-  which conditionings (uuid and cond/uncond role) the batch holds, and its sigma.
-* :class:`RecordPatch`: the first block notes the stack's input, the last block
-  measures the residual per conditioning against that conditioning's previous
-  one. Blocks run exactly as they would without the patch and their output is
-  returned untouched, so the image is the normal, uncached one.
+  fresh :class:`Recording` and installs the hooks in the run's own copy of the
+  model options; when sampling ends normally, turns the recording into a
+  :class:`~.runs.CalibrationRun`, combines it with the runs already saved
+  under the name, writes the file and logs where it went. A run that fails or
+  is cancelled saves nothing; either way nothing is left.
+* :class:`Recording` is the hooks' method: it never asks for a skip, and
+  measures each residual it is handed against that conditioning's previous
+  one. Blocks run exactly as they would without it, so the image is the
+  normal, uncached one.
 
 Per-call statistics stay on the device as small tensors and reach the host in
 one transfer when the run ends: the recorder never waits on the device per block.
@@ -26,7 +24,6 @@ one transfer when the run ends: the recorder never waits on the device per block
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -35,8 +32,11 @@ from typing import Any
 
 import torch
 
-from ..nodes import engine
-from ..nodes.architectures import Architecture, Stack
+from ..hooks.families import Family, Level
+from ..hooks.host import arg, host_version, model_sampling_of
+from ..hooks.sites import Batch, RunHooks
+from ..hooks.wrappers import CALIBRATE_KEY, MAGCACHE_KEY, apply_model_wrapper, run_scope
+from ..hooks.wrappers import attach as attach_wrappers
 from . import catalog
 from .curve import CurveError, MagnitudeCurve, RoleCurve, role_curve_from_ratios
 from .curve_file import load_curve, save_curve
@@ -45,33 +45,24 @@ from .runs import CalibrationRun, combine_roles, curve_from_runs, model_mismatch
 log = logging.getLogger("comfyui-magcache")
 
 #: Key of the recorder's wrappers and of its entry in ``transformer_options``.
-KEY = "magcache_calibrate"
+KEY = CALIBRATE_KEY
 
 
 @dataclass(frozen=True)
 class CalibrationTarget:
     """What the Calibrate node decided; shared by every run of the model it returned.
 
-    ``model`` identifies the calibrated model (``architecture``, ``model_config``
+    ``model`` identifies the calibrated model (``architecture``, ``level``, ``model_config``
     and a ``fingerprint`` of family and sizes); runs are only ever combined with
     runs of the same model. ``combine`` adds each run to the saved curve of the
     same name; otherwise each run replaces it.
     """
 
     file_name: str
-    architecture: Architecture
+    family: Family
+    level: Level
     model: dict[str, Any]
     combine: bool = True
-
-
-@dataclass
-class _Batch:
-    """The batch currently inside the diffusion model."""
-
-    keys: tuple[Any, ...]  # one per conditioning in the batch: its uuid
-    roles: tuple[int, ...]  # ComfyUI's cond_or_uncond: 0 = positive, others negative
-    sigma: torch.Tensor  # one element, on the device
-    x_in: torch.Tensor | None = None
 
 
 @dataclass
@@ -103,18 +94,31 @@ class Recording:
     """Everything one calibration run has measured; created at its start, dropped at its end."""
 
     target: CalibrationTarget
-    batch: _Batch | None = None
+    hooks: RunHooks = field(init=False)
     previous: dict[Any, torch.Tensor] = field(default_factory=dict)
     calls: list[_Call] = field(default_factory=list)
     unattributed: int = 0  # batches whose layout did not say which conditioning is where
 
-    def observe(self, residual: torch.Tensor, batch: _Batch) -> None:
+    # -- the hooks' method: look, never skip -------------------------------------
+    def begin_batch(self, batch: Batch) -> None:
+        """Nothing to decide: every batch is computed."""
+
+    def replacement(self, batch: Batch, x: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def end_batch(self, batch: Batch) -> None:
+        """Nothing to count."""
+
+    def disable(self, reason: str) -> None:
+        """Inputs between blocks do not spoil a measurement; a failed check does (``hooks.broken``)."""
+
+    def store(self, batch: Batch, residual: torch.Tensor) -> None:
         """Record the residual of every conditioning in ``batch`` (no host sync)."""
         n = len(batch.roles)
-        if n == 0 or len(batch.keys) != n or residual.shape[0] % n:
+        if n == 0 or len(batch.uuids) != n or residual.shape[0] % n:
             self.unattributed += 1
             return
-        for key, role, part in zip(batch.keys, batch.roles, residual.chunk(n)):
+        for key, role, part in zip(batch.uuids, batch.roles, residual.chunk(n)):
             prev = self.previous.get(key)
             stats = residual_stats(part, prev) if prev is not None and prev.shape == part.shape else None
             self.calls.append(_Call(key=key, role=role, sigma=batch.sigma, stats=stats))
@@ -150,39 +154,6 @@ class Recording:
     def free(self) -> None:
         self.previous.clear()
         self.calls.clear()
-        self.batch = None
-
-
-class RecordPatch:
-    """A ``patches_replace["dit"]`` entry on the first or last block of the stack.
-
-    Chains to ``previous`` (a patch another node set on the same block) and
-    returns the block's output as it is: the recorder only looks.
-    """
-
-    def __init__(
-        self, recording: Recording, stack: Stack, first: bool, last: bool, previous: Callable[..., Any] | None
-    ) -> None:
-        self.recording = recording
-        self.stack = stack
-        self.first = first
-        self.last = last
-        self.previous = previous
-
-    def __call__(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        batch = self.recording.batch
-        if batch is not None and self.first:
-            batch.x_in = engine.stack_input(self.stack, args)
-        out = self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
-        if batch is not None and self.last and batch.x_in is not None:
-            self.recording.observe(engine.stack_residual(self.stack, batch.x_in, out[self.stack.key]), batch)
-            batch.x_in = None
-        return out
-
-
-def _ends_only(recording: Recording, stack: Stack, first: bool, last: bool, previous: Any) -> RecordPatch | None:
-    """Patch only the two blocks the recorder needs; leave the others (and their patches) alone."""
-    return RecordPatch(recording, stack, first, last, previous) if first or last else None
 
 
 # -- run start and end -------------------------------------------------------
@@ -238,30 +209,31 @@ def _scheduler_name(model_sampling: Any, sigmas: torch.Tensor) -> str:
 def _settings(guider: Any, sampler: Any, sigmas: torch.Tensor, seed: Any) -> dict[str, Any]:
     """What one run ran with, for the file's metadata."""
     model = guider.model_patcher.model
+    model_sampling = model_sampling_of(guider.model_patcher)
     cfg = getattr(guider, "cfg", None)
     settings: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "pack_version": pack_version(),
         "sampler": _sampler_name(sampler),
-        "scheduler": _scheduler_name(model.model_sampling, sigmas),
+        "scheduler": _scheduler_name(model_sampling, sigmas),
         "steps": sigmas.numel() - 1,
         "cfg": float(cfg) if isinstance(cfg, (int, float)) else None,
         "seed": int(seed) if isinstance(seed, int) else None,
         "sigmas": [float(s) for s in sigmas.tolist()],
         "dtype": str(model.get_dtype()).removeprefix("torch."),
     }
-    try:
-        import comfyui_version
-
-        settings["comfyui_version"] = comfyui_version.__version__
-    except ImportError:
-        pass
+    settings["comfyui_version"] = host_version()
     return settings
 
 
 def _finish(recording: Recording, guider: Any, sampler: Any, sigmas: torch.Tensor, seed: Any) -> Path:
     """Turn the recording into a run, add it to the saved curve and write the file."""
     target = recording.target
+    if recording.hooks.broken is not None:
+        raise CurveError(
+            f"calibration '{target.file_name}': nothing was saved, because {recording.hooks.broken} "
+            f"(ComfyUI {host_version()}); please report this model and ComfyUI version"
+        )
     measured = recording.measurements()
     if not measured.get("cond"):
         raise CurveError(
@@ -287,10 +259,6 @@ def _log_saved(curve: MagnitudeCurve, path: Path, recording: Recording) -> None:
         )
 
 
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
-    return args[index] if len(args) > index else kwargs.get(name)
-
-
 def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     """Record this sampling run in a fresh state and save the curve when it completes.
 
@@ -302,57 +270,28 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     target = transformer_options.get(KEY)
     if not isinstance(target, CalibrationTarget):
         return executor(*args, **kwargs)
-    if engine.KEY in transformer_options:
+    if MAGCACHE_KEY in transformer_options:
         raise ValueError(
             "MagCache Calibrate: a MagCache node is applied to the same model. Calibration needs every step "
             "computed: bypass the MagCache node while calibrating"
         )
-    sampler, seed = _arg(args, kwargs, 2, "sampler"), _arg(args, kwargs, 7, "seed")
-    sigmas = _arg(args, kwargs, 3, "sigmas").detach().flatten().cpu()
+    sampler, seed = arg("outer_sample", "sampler", args, kwargs), arg("outer_sample", "seed", args, kwargs)
+    sigmas = arg("outer_sample", "sigmas", args, kwargs).detach().flatten().cpu()
     path = catalog.saved_curve_target(target.file_name)
     # Refuse now, before the generation, a run that could not be added to the saved curve.
     calls = sigmas[:-1]
     if calls.numel():
         _saved_runs(target, path, (float(calls.max()), float(calls.min())))
     recording = Recording(target=target)
-    orig_options = guider.model_options
-    import comfy.model_patcher
-
-    options = comfy.model_patcher.create_model_options_clone(orig_options)
-    options = engine.install_block_patches(
-        options, guider.model_patcher.model.diffusion_model, target.architecture, partial(_ends_only, recording)
-    )
-    options["transformer_options"][KEY] = recording
+    recording.hooks = RunHooks(recording, target.family, target.level, all_blocks=False)
     log.info("MagCache Calibrate: recording this run for '%s' (nothing is skipped)", target.file_name)
-    guider.model_options = options
     try:
-        out = executor(*args, **kwargs)
-        _finish(recording, guider, sampler, sigmas, seed)
-        return out
+        with run_scope(guider, KEY, recording.hooks, recording):
+            out = executor(*args, **kwargs)
+            _finish(recording, guider, sampler, sigmas, seed)
+            return out
     finally:
-        guider.model_options = orig_options
         recording.free()
-
-
-def apply_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
-    """Tell the block patches which conditionings this batch holds, and at which sigma.
-
-    Arguments are ComfyUI's ``apply_model(x, t, c_concat, c_crossattn, control, transformer_options, ...)``.
-    """
-    transformer_options = _arg(args, kwargs, 5, "transformer_options") or {}
-    recording = transformer_options.get(KEY)
-    if not isinstance(recording, Recording):
-        return executor(*args, **kwargs)
-    t = _arg(args, kwargs, 1, "t")
-    recording.batch = _Batch(
-        keys=tuple(transformer_options.get("uuids") or ()),
-        roles=tuple(transformer_options.get("cond_or_uncond") or ()),
-        sigma=t.detach().reshape(-1)[:1],
-    )
-    try:
-        return executor(*args, **kwargs)
-    finally:
-        recording.batch = None
 
 
 def attach(model: Any, target: CalibrationTarget) -> None:
@@ -362,9 +301,12 @@ def attach(model: Any, target: CalibrationTarget) -> None:
     """
     import comfy.patcher_extension as ext
 
-    engine.attach_wrappers(
+    attach_wrappers(
         model,
         KEY,
-        {ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper, ext.WrappersMP.APPLY_MODEL: apply_model_wrapper},
+        {
+            ext.WrappersMP.OUTER_SAMPLE: outer_sample_wrapper,
+            ext.WrappersMP.APPLY_MODEL: partial(apply_model_wrapper, KEY),
+        },
         target,
     )

@@ -27,7 +27,7 @@ from .curve import ROLES, CurveError, MagnitudeCurve, RoleCurve
 #: ``metadata["source"]`` of curves written by the calibration node.
 SOURCE = "MagCache Calibrate"
 #: Metadata keys that must agree before runs are combined: runs of one curve come from one model.
-MODEL_KEYS = ("architecture", "model_config", "fingerprint")
+MODEL_KEYS = ("architecture", "level", "model_config", "fingerprint")
 _FIELDS = ("sigma", "ratio", "ratio_std", "cosine_distance")
 # Relative slack when deciding whether a run covers a transition: sigmas of the
 # same schedule computed twice may differ in the last bits.
@@ -171,7 +171,7 @@ def curve_from_runs(name: str, runs: Sequence[CalibrationRun], model: Mapping[st
             samples.setdefault(role, []).append(rc)
     metadata = {
         "source": SOURCE,
-        **{k: model[k] for k in MODEL_KEYS},
+        **{k: model[k] for k in MODEL_KEYS if k in model},
         "pack_version": pack_version(),
         "date": max(str(r.settings.get("date", "")) for r in runs),
         "runs": [r.to_json() for r in runs],
@@ -191,8 +191,9 @@ def runs_of(curve: MagnitudeCurve) -> list[CalibrationRun]:
 def model_mismatch(curve: MagnitudeCurve, model: Mapping[str, Any]) -> str | None:
     """Why runs of ``model`` cannot be added to ``curve``, or None when they can."""
     for key in MODEL_KEYS:
-        if curve.metadata.get(key) != model.get(key):
-            return f"{key} is {curve.metadata.get(key)!r} in the saved curve but {model.get(key)!r} for this model"
+        saved = curve.level if key == "level" else curve.metadata.get(key)
+        if saved != model.get(key):
+            return f"{key} is {saved!r} in the saved curve but {model.get(key)!r} for this model"
     return None
 
 

@@ -19,24 +19,27 @@ from ..calibration import catalog, recorder
 from ..calibration.curve import CurveError, MagnitudeCurve
 from ..calibration.plot import render_curve
 from ..calibration.runs import SOURCE, runs_of
-from .architectures import Architecture, architecture_of, describe_unsupported, model_width
+from ..hooks.families import Family, Level, describe_unsupported, family_by_key, family_of, model_width
 
 log = logging.getLogger("comfyui-magcache")
 
 IF_EXISTS = ("combine", "replace")
+#: Where to measure: "auto" is the block stack where the model has block patches, else the model's output.
+LEVELS = ("auto", "output")
 
 
-def model_identity(model: Any, arch: Architecture) -> dict[str, Any]:
+def model_identity(model: Any, family: Family, level: Level) -> dict[str, Any]:
     """What a calibration records about its model: family and sizes, cheap to compute (no weight hash).
 
     Only JSON-native values, so the identity compares equal after a round trip through a file.
     """
     dm = model.model.diffusion_model
     return {
-        "architecture": arch.name,
+        "architecture": family.key,
+        "level": level.value,
         "model_config": type(model.model.model_config).__name__,
         "fingerprint": {
-            "blocks": {stack.attr: len(getattr(dm, stack.attr)) for stack in arch.stacks},
+            "blocks": {stack.attr: len(getattr(dm, stack.attr)) for stack in family.stacks},
             "width": model_width(dm),
             "parameters": int(sum(p.numel() for p in dm.parameters())),
         },
@@ -82,26 +85,40 @@ class MagCacheCalibrate:
                         "much prompts and seeds matter). replace: each run starts the curve over.",
                     },
                 ),
-            }
+            },
+            "optional": {
+                "level": (
+                    list(LEVELS),
+                    {
+                        "default": LEVELS[0],
+                        "tooltip": "Where to measure. auto: the transformer's block stack where the model allows it "
+                        "(only the blocks are skipped later), else the whole model's output. output: the whole "
+                        "model's output, for any model; MagCache then skips the whole model with this curve.",
+                    },
+                ),
+            },
         }
 
-    def calibrate(self, model: Any, name: str, if_exists: str) -> tuple[Any, str]:
+    def calibrate(self, model: Any, name: str, if_exists: str, level: str = "auto") -> tuple[Any, str]:
         if if_exists not in IF_EXISTS:
             raise ValueError(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
         file_name = catalog.clean_curve_name(name)
         if file_name != name and file_name != f"{name}{catalog.SUFFIX}":
             log.info("MagCache Calibrate: curve name %r is saved as '%s'", name, file_name)
-        diffusion_model = model.model.diffusion_model
-        arch = architecture_of(diffusion_model)
-        if arch is None:
+        family = family_of(model.model.diffusion_model, model.model.model_config)
+        if family is None or family.unsupported:
             raise ValueError(
-                f"MagCache Calibrate: {describe_unsupported(diffusion_model)} offers no block patches in ComfyUI, "
-                "so MagCache can neither calibrate nor speed it up"
+                f"MagCache Calibrate: {describe_unsupported(model, family)}, so MagCache can neither calibrate "
+                "nor speed it up"
             )
+        chosen = family.level if level == LEVELS[0] else Level.OUTPUT
         target = recorder.CalibrationTarget(
             file_name=file_name,
-            architecture=arch,
-            model=model_identity(model, arch),
+            family=family,
+            level=chosen,
+            model=model_identity(model, family, chosen),
             combine=if_exists == "combine",
         )
         patched = model.clone()
@@ -165,13 +182,14 @@ def _family_preset(curve: MagnitudeCurve) -> MagnitudeCurve | None:
     """The preset of the curve's own family (a stand-in of another family is not drawn)."""
     if curve.name in catalog.preset_names():
         return None
-    config = curve.metadata.get("model_config")
+    family = family_by_key(str(curve.metadata.get("architecture")))
     width = (curve.metadata.get("fingerprint") or {}).get("width")
-    name, _ = catalog.auto_curve(str(config), width if isinstance(width, int) else None)
-    if name is None:
+    name = family.auto_curve(width if isinstance(width, int) else None) if family is not None else None
+    if name is None or family is None or family.stand_in:
         return None
     preset = catalog.load_preset(name)
-    return preset if preset.metadata.get("architecture") == curve.metadata.get("architecture") else None
+    same = preset.metadata.get("architecture") == curve.metadata.get("architecture") and preset.level == curve.level
+    return preset if same else None
 
 
 def _subtitle(curve: MagnitudeCurve, runs: int) -> str:

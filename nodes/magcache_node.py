@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..cache.magcache import MagCacheConfig, attach
 from ..calibration import catalog
-from ..calibration.curve import CurveError, MagnitudeCurve
-from . import engine
-from .architectures import architecture_of, describe_unsupported, model_width
+from ..calibration.curve import MagnitudeCurve
+from ..hooks.families import Family, Level, describe_unsupported, family_of, model_width
 
 log = logging.getLogger("comfyui-magcache")
 
@@ -116,54 +116,55 @@ class MagCacheApply:
         end: float,
         cache_device: str,
     ) -> tuple[Any]:
-        diffusion_model = model.model.diffusion_model
-        arch = architecture_of(diffusion_model)
-        if arch is None:
-            log.warning(
-                "MagCache: %s has no block patches in ComfyUI; the model is left unchanged.",
-                describe_unsupported(diffusion_model),
-            )
+        family = family_of(model.model.diffusion_model, model.model.model_config)
+        if family is None or family.unsupported:
+            log.warning("MagCache: %s; the model is left unchanged.", describe_unsupported(model, family))
             return (model,)
-        chosen = self._curve(model, curve, arch.name)
+        chosen = self._curve(model, curve, family)
         if chosen is None:
             return (model,)
         rec = catalog.Recommended.of(chosen)
-        config = engine.MagCacheConfig(
+        config = MagCacheConfig(
             curve=chosen,
-            architecture=arch,
+            family=family,
             threshold=rec.threshold if threshold == RECOMMENDED else threshold,
             max_skips=rec.max_skips if max_consecutive_skips == RECOMMENDED else max_consecutive_skips,
             retention=rec.retention if retention_ratio == RECOMMENDED else retention_ratio,
             start=start,
             end=end,
             offload_cache=cache_device == "offload",
+            level=Level(chosen.level),
         )
         _validate(config, cache_device)
         patched = model.clone()
-        engine.attach(patched, config)
+        attach(patched, config)
         return (patched,)
 
     @staticmethod
-    def _curve(model: Any, curve: str, arch_name: str) -> MagnitudeCurve | None:
+    def _curve(model: Any, curve: str, family: Family) -> MagnitudeCurve | None:
         if curve == catalog.AUTO:
-            config_name = type(model.model.model_config).__name__
-            name, note = catalog.auto_curve(config_name, model_width(model.model.diffusion_model))
+            name = family.auto_curve(model_width(model.model.diffusion_model))
             if name is None:
-                log.warning("MagCache: %s; the model is left unchanged.", note)
+                log.warning(
+                    "MagCache: no curve for %s yet; run MagCache Calibrate once and pick the saved curve. "
+                    "The model is left unchanged.",
+                    family.name,
+                )
                 return None
-            log.info("MagCache: curve '%s' (%s)", name, note)
+            if family.stand_in:
+                log.info(
+                    "MagCache: curve '%s' stands in for %s, which has no published curve; a calibration of this "
+                    "model (MagCache Calibrate, one generation) will be better",
+                    name,
+                    family.name,
+                )
+            else:
+                log.info("MagCache: curve '%s' (auto-selected for %s)", name, family.name)
             return catalog.load_preset(name)
-        chosen = catalog.load_named_curve(curve)
-        recorded_on = chosen.metadata.get("architecture")
-        if recorded_on and recorded_on != arch_name:
-            raise CurveError(
-                f"curve '{curve}' was calibrated on {recorded_on}, but this model is {arch_name}: "
-                "pick a curve of this model's family, or 'auto'"
-            )
-        return chosen
+        return catalog.checked_for(catalog.load_named_curve(curve), family)
 
 
-def _validate(config: engine.MagCacheConfig, cache_device: str) -> None:
+def _validate(config: MagCacheConfig, cache_device: str) -> None:
     """Refuse settings the rule cannot honour, naming the input and the fix."""
     if config.threshold < 0:
         raise ValueError(f"threshold must be >= 0 (or -1 for the recommended value), got {config.threshold}")

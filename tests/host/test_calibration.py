@@ -28,12 +28,12 @@ import tiny_models
 import torch
 from conftest import BlockCounter
 
+from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.calibration import recorder
 from comfyui_magcache.calibration.curve import CurveError, MagnitudeCurve
 from comfyui_magcache.calibration.curve_file import load_curve
 from comfyui_magcache.calibration.runs import pack_version, runs_of
-from comfyui_magcache.nodes import engine
-from comfyui_magcache.nodes.architectures import architecture_of
+from comfyui_magcache.hooks.families import family_of
 from comfyui_magcache.nodes.calibrate_node import MagCacheCalibrate, MagCacheCurvePlot
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
 from comfyui_magcache.nodes.policy import Plan, plan_run
@@ -217,7 +217,8 @@ def test_calibration_only_observes_and_records_the_true_ratios(
     # What is needed to judge fit later.
     meta = curve.metadata
     dm = tiny.patcher.model.diffusion_model
-    assert meta["architecture"] == architecture_of(dm).name
+    assert meta["architecture"] == family_of(dm, tiny.patcher.model.model_config).key
+    assert meta["level"] == "block"
     assert meta["model_config"] == type(tiny.patcher.model.model_config).__name__
     assert meta["fingerprint"]["parameters"] == sum(p.numel() for p in dm.parameters())
     assert meta["pack_version"] == pack_version() != "unknown"
@@ -282,7 +283,7 @@ def test_magcache_with_a_just_saved_curve_decides_as_with_that_curve_in_memory(
     (in_memory,) = saved
 
     threshold, k, retention = 0.2, 3, 0.2
-    arch = architecture_of(wan.patcher.model.diffusion_model)
+    arch = family_of(wan.patcher.model.diffusion_model, wan.patcher.model.model_config)
     from_memory = wan.patcher.clone()
     engine.attach(from_memory, engine.MagCacheConfig(in_memory, arch, threshold, k, retention))
     (from_file,) = MagCacheApply().apply(wan.patcher, name, threshold, k, retention, 0.0, 1.0, "compute")
@@ -331,7 +332,7 @@ def test_a_30_step_calibration_plans_50_steps_like_a_50_step_calibration(
         curves[steps] = load_curve(curve_folder / name)
     assert len(curves[30].roles["cond"].sigma) == 30
 
-    arch = architecture_of(tiny.patcher.model.diffusion_model)
+    arch = family_of(tiny.patcher.model.diffusion_model, tiny.patcher.model.model_config)
     model_sampling = tiny.patcher.model.model_sampling
     sigmas = comfy.samplers.calculate_sigmas(model_sampling, "simple", 50).tolist()
     skipped_somewhere = False

@@ -23,7 +23,7 @@ import tiny_models
 import torch
 from conftest import BlockCounter
 
-from comfyui_magcache.nodes import engine
+from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
 from comfyui_magcache.nodes.policy import SkipPolicy
 
@@ -94,13 +94,13 @@ class ResidualWatch:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.refs: list[weakref.ref] = []
-        original = engine.RunState.store_residual
+        original = engine.RunState.store
 
-        def spy(state: engine.RunState, r: torch.Tensor, uuids: tuple) -> None:
-            original(state, r, uuids)
-            self.refs.append(weakref.ref(state.batch_residual[1]))
+        def spy(state: engine.RunState, batch: Any, r: torch.Tensor) -> None:
+            original(state, batch, r)
+            self.refs.append(weakref.ref(state.by_batch[batch.uuids]))
 
-        monkeypatch.setattr(engine.RunState, "store_residual", spy)
+        monkeypatch.setattr(engine.RunState, "store", spy)
 
     def alive(self) -> int:
         gc.collect()

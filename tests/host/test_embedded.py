@@ -16,7 +16,7 @@ import torch
 
 from comfyui_magcache.embedded import codec as cdc
 from comfyui_magcache.embedded import demo, metrics
-from comfyui_magcache.nodes.architectures import architecture_of
+from comfyui_magcache.hooks.families import family_of
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_loader_detects_wan21_t2v(tiny: tuple) -> None:
     dm = model.diffusion_model
     assert (dm.dim, len(dm.blocks), dm.num_heads) == (256, 4, 2)
     assert model.model_sampling.shift == 8.0  # the flow shift the model was trained with
-    assert architecture_of(dm) is not None
+    assert family_of(dm, model.model_config) is not None
 
 
 def test_codec_round_trip(tiny: tuple) -> None:

@@ -21,9 +21,9 @@ import tiny_models
 import torch
 from conftest import BlockCounter
 
+from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve
-from comfyui_magcache.nodes import engine
-from comfyui_magcache.nodes.architectures import architecture_of
+from comfyui_magcache.hooks.families import family_of
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
 
 STEPS = 12
@@ -65,7 +65,7 @@ def schedule_curve(patcher: Any, ratio: float = 0.99, steps: int = STEPS) -> Mag
 
 def attach(tiny: tiny_models.TinyModel, curve: MagnitudeCurve, threshold: float, k: int = 2, **kw: Any) -> Any:
     patched = tiny.patcher.clone()
-    arch = architecture_of(patched.model.diffusion_model)
+    arch = family_of(patched.model.diffusion_model, patched.model.model_config)
     assert arch is not None
     engine.attach(patched, engine.MagCacheConfig(curve, arch, threshold, k, kw.pop("retention", 0.2), **kw))
     return patched
@@ -73,7 +73,7 @@ def attach(tiny: tiny_models.TinyModel, curve: MagnitudeCurve, threshold: float,
 
 def all_blocks(patcher: Any) -> list[torch.nn.Module]:
     dm = patcher.model.diffusion_model
-    arch = architecture_of(dm)
+    arch = family_of(dm, patcher.model.model_config)
     return [b for stack in arch.stacks for b in getattr(dm, stack.attr)]
 
 

@@ -24,6 +24,7 @@ from comfyui_magcache.calibration.runs import (
 
 MODEL = {
     "architecture": "WanModel",
+    "level": "block",
     "model_config": "WAN21_T2V",
     "fingerprint": {"blocks": {"blocks": 4}, "width": 256},
 }

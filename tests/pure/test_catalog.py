@@ -58,12 +58,3 @@ def test_typed_names_stay_inside_the_curve_folder(typed: str, saved_as: str) -> 
 def test_names_with_nothing_usable_are_refused(typed: str) -> None:
     with pytest.raises(CurveError, match="no usable characters"):
         catalog.clean_curve_name(typed)
-
-
-def test_auto_choice_by_family_and_size() -> None:
-    assert catalog.auto_curve("WAN21_T2V", 1536)[0] == "wan2.1_t2v_1.3B"
-    assert catalog.auto_curve("WAN21_T2V", 5120)[0] == "wan2.1_t2v_14B"
-    assert catalog.auto_curve("Flux", 3072)[0] == "flux"
-    name, note = catalog.auto_curve("LTXV", 2048)
-    assert name is not None and "stand-in" in note
-    assert catalog.auto_curve("HunyuanDiT", 1408)[0] is None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from comfyui_magcache.cache.policy import SkipPolicy, SkipSettings, plan_run
 from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve
-from comfyui_magcache.nodes.policy import SkipPolicy, SkipSettings, plan_run
 
 SIGMAS = list(np.linspace(1.0, 0.0, 21))
 

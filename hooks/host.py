@@ -1,0 +1,40 @@
+"""Small facts about the running ComfyUI: argument positions, its version, the model's sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Positions of the arguments we read, by function (ComfyUI's signatures).
+_POSITIONS: dict[str, dict[str, int]] = {
+    "outer_sample": {"noise": 0, "latent_image": 1, "sampler": 2, "sigmas": 3, "seed": 7},
+    "calc_cond_batch": {"model": 0, "conds": 1, "x_in": 2, "timestep": 3, "model_options": 4},
+    "apply_model": {"x": 0, "t": 1, "c_concat": 2, "c_crossattn": 3, "control": 4, "transformer_options": 5},
+}
+
+
+def arg(function: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], default: Any = None) -> Any:
+    """Argument ``name`` of ComfyUI's ``function``, given by keyword or by position."""
+    if name in kwargs:
+        return kwargs[name]
+    index = _POSITIONS[function][name]
+    return args[index] if len(args) > index else default
+
+
+def host_version() -> str:
+    """The running ComfyUI's version, for log lines and curve metadata."""
+    try:
+        import comfyui_version
+
+        return str(comfyui_version.__version__)
+    except ImportError:
+        return "(unknown version)"
+
+
+def model_sampling_of(patcher: Any) -> Any:
+    """The model's sampling object as this run will use it.
+
+    Other nodes (ModelSamplingSD3, ModelSamplingFlux, ...) change it with an
+    object patch that ComfyUI applies only when the model is loaded for the
+    run; reading the patch first makes their shift count in this very run.
+    """
+    return patcher.get_model_object("model_sampling")
