@@ -14,7 +14,7 @@ Pieces, in the order a sampling run meets them:
   (a guidance method calling the model again with layers skipped or patches
   changed) is computed in full and never shares the cache.
 * the shared ``APPLY_MODEL`` wrapper and block patches / output wrapper
-  (``hooks``) call :meth:`RunState.begin_batch`, :meth:`RunState.replacement`
+  (``hooks``) call :meth:`RunState.begin_batch`, :meth:`RunState.cached`
   and :meth:`RunState.store`.
 
 Nothing is stored on the model object or the node's model: the run state lives
@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..calibration.curve import MagnitudeCurve
+from ..hooks import hidden
 from ..hooks.families import Family, Level
 from ..hooks.host import arg, model_sampling_of
 from ..hooks.sites import Batch, RunHooks
@@ -45,6 +46,13 @@ KEY = MAGCACHE_KEY
 #: Schedules shorter than this are left alone: few-step (distilled) models are
 #: ruined by skipping, and there is nothing to gain.
 MIN_STEPS = 10
+#: Model or transformer options under which a cached residual would be reused wrongly, and why.
+_RUN_BREAKERS = {
+    # one evaluation per context window, each on another slice of the latent, under the same uuids
+    "context_handler": "context windows run the model on a different slice of the latent in each call",
+    # Causal Wan's autoregressive sampler calls the blocks directly, past every patch
+    "ar_state": "the autoregressive sampler bypasses the block patches",
+}
 #: ``transformer_options`` entries that legitimately differ between the
 #: evaluations of one run, and so do not make an evaluation a variant.
 _PER_CALL_OPTIONS = frozenset({"sample_sigmas", KEY})
@@ -110,9 +118,10 @@ class RunState:
     disabled: str | None = None  # why skipping is off for this run, if it is
     evaluation: _Evaluation | None = None
     reference: frozenset[tuple[Any, ...]] | None = None  # the run's own options, seen at its first evaluation
+    last_sigma: float | None = None  # of the last evaluation that was not a variant
     #: Cached residual per conditioning uuid, and per whole batch (by its uuids) for the one-add path.
-    residuals: dict[Any, torch.Tensor] = field(default_factory=dict)
-    by_batch: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
+    residuals: dict[Any, hidden.Hidden] = field(default_factory=dict)
+    by_batch: dict[tuple[Any, ...], hidden.Hidden] = field(default_factory=dict)
     evaluations: int = 0
     skipped_evaluations: int = 0
     variants: int = 0
@@ -121,14 +130,24 @@ class RunState:
 
     # -- per model evaluation (main thread) -------------------------------------
     def begin_evaluation(self, sigma: float, roles: tuple[int, ...], options: dict[str, Any]) -> None:
+        """Decide one model evaluation.
+
+        An evaluation is a *variant*, computed in full and never sharing the
+        cache, when its options differ from the run's own (guidance that skips
+        layers or changes attention: SkipLayerGuidance replaces block patches,
+        LTX's STG and modality guidance set flags) or when it repeats the sigma
+        of the evaluation before it (guidance that calls the model again on
+        another input with the same options).
+        """
         self.end_evaluation()
         signature = _signature(options)
         if self.reference is None:
             self.reference = signature
-        if signature != self.reference:
+        if signature != self.reference or sigma == self.last_sigma:
             self.variants += 1
             self.evaluation = _Evaluation(skip=False, variant=True)
             return
+        self.last_sigma = sigma
         self.evaluations += 1
         skip = self.policy.decide(sigma, roles)
         self.evaluation = _Evaluation(skip=skip and self.disabled is None, variant=False)
@@ -160,48 +179,47 @@ class RunState:
         if ev is not None and not batch.skipping:
             ev.computed = True
 
-    def replacement(self, batch: Batch, x: torch.Tensor) -> torch.Tensor | None:
-        """``x + r`` for the batch, or None when some conditioning has no usable residual."""
+    def cached(self, batch: Batch, shape: tuple[tuple[int, ...], ...], device: torch.device) -> hidden.Hidden | None:
+        """The residual of the batch's conditionings, or None when one of them has none that fits.
+
+        It is moved to ``device``: a no-op unless it was kept on the offload
+        device or another GPU computed it (MultiGPU CFG split).
+        """
         r = self.by_batch.get(batch.uuids)
         if r is None and len(batch.uuids) == 1:
             r = self.residuals.get(batch.uuids[0])
-        if r is not None and r.shape == x.shape:
-            return x + (r.to(x.device, non_blocking=True) if self.cache_device is not None else r)
-        out = self._assemble(x, batch.uuids)
-        if out is None:
+        if r is None or hidden.shape(r) != shape:
+            r = self._assemble(batch.uuids, shape)
+        if r is None:
             with self.lock:
                 self.forced += 1
-        return out
+            return None
+        return hidden.to(r, device)
 
-    def _assemble(self, x: torch.Tensor, uuids: tuple[Any, ...]) -> torch.Tensor | None:
-        """``x + r`` from per-conditioning residuals, for a batch put together differently than when cached."""
+    def _assemble(self, uuids: tuple[Any, ...], shape: tuple[tuple[int, ...], ...]) -> torch.Tensor | None:
+        """A batch's residual from per-conditioning ones, for a batch put together differently than when cached."""
         n = len(uuids)
-        if n == 0 or x.shape[0] % n:
+        if n == 0 or len(shape) != 1 or not shape[0] or shape[0][0] % n:
             return None
-        chunk = x.shape[0] // n
+        want = (shape[0][0] // n, *shape[0][1:])
         parts = [self.residuals.get(u) for u in uuids]
-        want = (chunk, *x.shape[1:])
-        if any(p is None or p.shape != want for p in parts):
+        if any(not isinstance(p, torch.Tensor) or tuple(p.shape) != want for p in parts):
             return None
-        out = torch.empty_like(x)
-        for i, p in enumerate(parts):
-            torch.add(
-                x[i * chunk : (i + 1) * chunk], p.to(x.device, non_blocking=True), out=out[i * chunk : (i + 1) * chunk]
-            )
-        return out
+        return torch.cat(parts)  # type: ignore[arg-type]
 
-    def store(self, batch: Batch, residual: torch.Tensor) -> None:
+    def store(self, batch: Batch, residual: hidden.Hidden) -> None:
         if self.cache_device is not None:
-            residual = residual.to(self.cache_device, non_blocking=True)
+            residual = hidden.to(residual, self.cache_device)
         uuids = batch.uuids
+        pieces = hidden.chunk(residual, len(uuids)) if uuids else None
         with self.lock:
             # A batch of another make-up holding one of these conds now holds an older residual.
             for other in [k for k in self.by_batch if k != uuids and set(k) & set(uuids)]:
                 del self.by_batch[other]
             self.by_batch[uuids] = residual
-            if uuids and residual.shape[0] % len(uuids) == 0:
-                for u, part in zip(uuids, residual.chunk(len(uuids))):
-                    self.residuals[u] = part
+            if pieces is not None:
+                for u, piece in zip(uuids, pieces):
+                    self.residuals[u] = piece
 
     def free(self) -> None:
         self.residuals.clear()
@@ -305,6 +323,9 @@ def calc_cond_batch_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     run = transformer_options.get(KEY)
     if not isinstance(run, RunState):
         return executor(*args, **kwargs)
+    for option, why in _RUN_BREAKERS.items():
+        if model_options.get(option) is not None or transformer_options.get(option) is not None:
+            run.disable(why)
     # One scalar read per model evaluation (not per block): the sampler
     # itself reads its sigmas on the host at every step.
     sigma = float(arg("calc_cond_batch", "timestep", args, kwargs).reshape(-1)[0])

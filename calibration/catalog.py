@@ -156,7 +156,9 @@ def checked_for(curve: MagnitudeCurve, family: Family) -> MagnitudeCurve:
     family that can only be cached at the model's output.
     """
     recorded_on = curve.metadata.get("architecture")
-    if recorded_on and recorded_on != family.key:
+    # An output-level stand-in preset is meant for any family served at the output.
+    any_layout = bool(curve.metadata.get("stand_in")) and curve.level == Level.OUTPUT.value
+    if recorded_on and recorded_on != family.key and not any_layout:
         raise CurveError(
             f"curve '{curve.name}' was calibrated on {recorded_on}, but this model is {family.name} ({family.key}): "
             "pick a curve of this model's family, or 'auto'"

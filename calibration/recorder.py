@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..hooks import hidden
 from ..hooks.families import Family, Level
 from ..hooks.host import arg, host_version, model_sampling_of
 from ..hooks.sites import Batch, RunHooks
@@ -103,7 +104,7 @@ class Recording:
     def begin_batch(self, batch: Batch) -> None:
         """Nothing to decide: every batch is computed."""
 
-    def replacement(self, batch: Batch, x: torch.Tensor) -> torch.Tensor | None:
+    def cached(self, batch: Batch, shape: tuple[tuple[int, ...], ...], device: torch.device) -> None:
         return None
 
     def end_batch(self, batch: Batch) -> None:
@@ -112,8 +113,13 @@ class Recording:
     def disable(self, reason: str) -> None:
         """Inputs between blocks do not spoil a measurement; a failed check does (``hooks.broken``)."""
 
-    def store(self, batch: Batch, residual: torch.Tensor) -> None:
-        """Record the residual of every conditioning in ``batch`` (no host sync)."""
+    def store(self, batch: Batch, residual: hidden.Hidden) -> None:
+        """Record the residual of every conditioning in ``batch`` (no host sync).
+
+        Of a (video, audio) pair the video part is measured: it is most of the
+        work and what the picture shows.
+        """
+        residual = hidden.primary(residual)
         n = len(batch.roles)
         if n == 0 or len(batch.uuids) != n or residual.shape[0] % n:
             self.unattributed += 1

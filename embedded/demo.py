@@ -167,16 +167,27 @@ def curve_folder(path: Path) -> Iterator[None]:
         folder_paths.filename_list_cache.pop(catalog.FOLDER, None)
 
 
-def calibrate(patcher: Any, codec: cdc.Codec, digits: list[int], seed: int, settings: Settings, name: str) -> Any:
-    """Record a curve with the MagCache Calibrate node over ``digits`` (runs combined); return the curve."""
+def calibrate(
+    patcher: Any,
+    codec: cdc.Codec,
+    digits: list[int],
+    seed: int,
+    settings: Settings,
+    name: str,
+    level: str = "auto",
+) -> Any:
+    """Record a curve with the MagCache Calibrate node over ``digits`` (runs combined); return the curve.
+
+    ``level`` is the node's input: "auto" (the block stack) or "output".
+    """
     from comfyui_magcache.calibration import catalog
     from comfyui_magcache.nodes.calibrate_node import MagCacheCalibrate
 
-    recording, file_name = MagCacheCalibrate().calibrate(patcher, name, "replace")
+    recording, file_name = MagCacheCalibrate().calibrate(patcher, name, "replace", level)
     for i, digit in enumerate(digits):
         generate(recording, codec, digit, seed + i, settings)
         if i == 0:  # later runs join the first one
-            recording, _ = MagCacheCalibrate().calibrate(patcher, name, "combine")
+            recording, _ = MagCacheCalibrate().calibrate(patcher, name, "combine", level)
     return catalog.load_named_curve(file_name)
 
 

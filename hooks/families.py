@@ -51,7 +51,7 @@ class Tokens(Enum):
 class Stack:
     """One ``nn.ModuleList`` of blocks that the model runs in order."""
 
-    attr: str  # attribute of the diffusion model holding the blocks
+    attr: str  # attribute of the diffusion model holding the blocks (dotted when nested)
     patch_name: str  # "double_block" or "single_block"
     key: str = "img"  # dict key of the hidden states in the patch's args and result
     tokens: Tokens = Tokens.ALL
@@ -102,10 +102,12 @@ class Family:
 
 _DOUBLE = "double_block"
 _SINGLE = "single_block"
+_NO_HOOKS = "ComfyUI's code for it has neither block patches nor a diffusion-model wrapper"
 
 
 def _wan(name: str, configs: tuple[str, ...], curve: str, wide: str | None = None, **kw: Any) -> Family:
     kw.setdefault("classes", ("WanModel",))
+    kw.setdefault("between_block_inputs", _WAN_BETWEEN)
     return Family(
         name,
         stacks=(Stack("blocks", _DOUBLE),),
@@ -121,6 +123,25 @@ def _flux_like(name: str, classes: tuple[str, ...], layout: str, curve: str, **k
     return Family(name, classes, stacks, layout=layout, curve=curve, **kw)
 
 
+#: Stand-in curves: published curves of other flow models for families that
+#: have none, and for the output level a curve MagCache Calibrate recorded on
+#: the pack's embedded tiny Wan (see calibration/presets/PROVENANCE.md).
+_VIDEO = "wan2.1_t2v_1.3B"
+_IMAGE = "flux"
+_OUTPUT = "tiny_wan_output"
+#: Wan inputs that ComfyUI applies between blocks: VACE hints, S2V / WanDancer
+#: audio, Animate face features.
+_WAN_BETWEEN = ("vace_context", "audio_embed", "face_pixel_values")
+
+
+def _stand_in(name: str, classes: tuple[str, ...], stacks: tuple[Stack, ...], curve: str, **kw: Any) -> Family:
+    return Family(name, classes, stacks, curve=curve, stand_in=True, **kw)
+
+
+def _one(attr: str, key: str = "img") -> tuple[Stack, ...]:
+    return (Stack(attr, _DOUBLE, key=key),)
+
+
 #: Most specific entries first: the first entry whose class (and config, where
 #: given) matches is the model's family.
 FAMILIES: tuple[Family, ...] = (
@@ -131,43 +152,97 @@ FAMILIES: tuple[Family, ...] = (
         "wan2.1_vace_1.3B",
         "wan2.1_vace_14B",
         classes=("VaceWanModel",),
-        between_block_inputs=("vace_context",),
     ),
-    _wan("Wan 2.1 I2V / FLF2V / Fun", ("WAN21_I2V", "WAN21_FunControl2V", "WAN21_Camera"), "wan2.1_i2v_480p_14B"),
+    _wan(
+        "Wan 2.1 I2V / FLF2V / Fun / Camera",
+        ("WAN21_I2V", "WAN21_FunControl2V", "WAN21_Camera", "WAN22_Camera"),
+        "wan2.1_i2v_480p_14B",
+    ),
+    _wan(
+        "Wan 2.x variants (HuMo, S2V, Animate, Animate 2, SCAIL, WanDancer, FlowRVS)",
+        ("WAN21_HuMo", "WAN22_S2V", "WAN22_Animate", "WAN_Animate2", "WAN21_SCAIL", "WAN22_WanDancer", "WAN21_FlowRVS"),
+        _VIDEO,
+        "wan2.1_t2v_14B",
+        stand_in=True,
+    ),
     _wan("Wan 2.2 TI2V 5B", ("WAN22_T2V",), "wan2.2_ti2v_5B"),
     _wan("Wan 2.1 / 2.2 T2V", (), "wan2.1_t2v_1.3B", "wan2.1_t2v_14B"),
     # -- Flux-shaped: double-stream then single-stream blocks.
-    _flux_like("Chroma / Chroma Radiance", ("Chroma",), "Chroma", "chroma"),
-    _flux_like("Flux", ("Flux",), "Flux", "flux"),
-    _flux_like("HunyuanVideo", ("HunyuanVideo",), "HunyuanVideo", "hunyuan_video"),
-    Family(
-        "Qwen-Image",
-        ("QwenImageTransformer2DModel",),
-        (Stack("transformer_blocks", _DOUBLE),),
-        curve="qwen_image",
-    ),
-    # -- no published curve: another flow model's curve stands in.
-    Family(
-        "LTX-Video", ("LTXVModel",), (Stack("transformer_blocks", _DOUBLE),), curve="wan2.1_t2v_1.3B", stand_in=True
-    ),
-    Family("Mochi", ("AsymmDiTJoint",), (Stack("blocks", _DOUBLE),), curve="wan2.1_t2v_1.3B", stand_in=True),
-    Family(
-        "SD3 / SD3.5", ("OpenAISignatureMMDITWrapper",), (Stack("joint_blocks", _DOUBLE),), curve="flux", stand_in=True
-    ),
-    Family(
-        "AuraFlow",
-        ("MMDiT",),
-        (Stack("double_layers", _DOUBLE), Stack("single_layers", _SINGLE, tokens=Tokens.FIND)),
-        curve="flux",
+    _flux_like("Chroma Radiance", ("Chroma",), "Chroma", "chroma", configs=("ChromaRadiance",), stand_in=True),
+    _flux_like("Chroma", ("Chroma",), "Chroma", "chroma"),
+    _flux_like("Flux.2", ("Flux",), "Flux", _IMAGE, configs=("Flux2",), stand_in=True),
+    _flux_like("LongCat-Image", ("Flux",), "Flux", _IMAGE, configs=("LongCatImage",), stand_in=True),
+    _flux_like("Flux.1", ("Flux",), "Flux", "flux"),
+    _flux_like("HunyuanVideo 1.5", ("HunyuanVideo",), "HunyuanVideo", "hunyuan_video1.5", configs=("HunyuanVideo15",)),
+    _flux_like(
+        "HunyuanImage 2.1",
+        ("HunyuanVideo",),
+        "HunyuanVideo",
+        "hunyuan_video",
+        configs=("HunyuanImage21", "HunyuanImage21Refiner"),
         stand_in=True,
     ),
-    # HunyuanDiT's noise scale differs from the flow models': no stand-in fits.
-    Family("HunyuanDiT", ("HunYuanDiT",), (Stack("blocks", _DOUBLE),)),
+    _flux_like("HunyuanVideo", ("HunyuanVideo",), "HunyuanVideo", "hunyuan_video"),
+    Family("Qwen-Image", ("QwenImageTransformer2DModel",), _one("transformer_blocks"), curve="qwen_image"),
+    # -- no published curve: another flow model's curve stands in.
+    _stand_in("LTX-2 (video and audio)", ("LTXAVModel",), _one("transformer_blocks"), _VIDEO),
+    _stand_in("LTX-Video", ("LTXVModel",), _one("transformer_blocks"), _VIDEO),
+    _stand_in("Mochi", ("AsymmDiTJoint",), _one("blocks"), _VIDEO),
+    _stand_in("SD3 / SD3.5", ("OpenAISignatureMMDITWrapper",), _one("joint_blocks"), _IMAGE),
+    _stand_in(
+        "AuraFlow",
+        ("comfy.ldm.aura.mmdit.MMDiT",),
+        (Stack("double_layers", _DOUBLE), Stack("single_layers", _SINGLE, tokens=Tokens.FIND)),
+        _IMAGE,
+    ),
+    _stand_in("MageFlow", ("MageFlowTransformer2DModel",), _one("transformer_blocks"), _IMAGE),
+    _stand_in("Lens", ("LensTransformer2DModel",), _one("transformer_blocks"), _IMAGE),
+    _stand_in("JoyImage", ("JoyImageTransformer3DModel",), _one("double_blocks"), _IMAGE),
+    _stand_in("MiniMax H3 (video and audio)", ("MiniMaxH3Model",), _one("blocks"), _VIDEO),
+    _stand_in("HiDream O1", ("HiDreamO1Transformer",), _one("language_model.layers", key="x"), _IMAGE),
+    # HunyuanDiT is v-prediction: no flow model's curve fits; calibrate first.
+    Family("HunyuanDiT", ("HunYuanDiT",), _one("blocks")),
+    # -- output level: no block patches in ComfyUI's code, but a diffusion-model wrapper.
+    _stand_in("Lumina 2 / Z-Image", ("NextDiT",), (), _OUTPUT),
+    _stand_in("HiDream I1", ("HiDreamImageTransformer2DModel",), (), _OUTPUT),
+    _stand_in("Cosmos Predict2 / Anima", ("MiniTrainDIT",), (), _OUTPUT),
+    _stand_in("Kandinsky 5", ("Kandinsky5",), (), _OUTPUT),
+    _stand_in("Krea 2", ("comfy.ldm.krea2.model.SingleStreamDiT",), (), _OUTPUT),
+    _stand_in("Ideogram 4", ("Ideogram4Transformer",), (), _OUTPUT),
+    _stand_in("PixelDiT", ("PixDiT_T2I",), (), _OUTPUT),
+    _stand_in("ACE-Step", ("ACEStepTransformer2DModel",), (), _OUTPUT),
+    # EDM / v-prediction models: a flow model's curve does not fit; calibrate first.
+    Family("Cosmos 1", ("GeneralDIT",)),
+    Family("CogVideoX", ("CogVideoXTransformer3DModel",)),
+    # -- not served, with the reason.
+    Family("PixArt", ("PixArtMS",), unsupported=_NO_HOOKS),
+    Family("OmniGen 2 / Boogu", ("OmniGen2Transformer2DModel", "BooguTransformer2DModel"), unsupported=_NO_HOOKS),
+    Family("ERNIE-Image", ("ErnieImageModel",), unsupported=_NO_HOOKS),
+    Family("ACE-Step 1.5", ("AceStepConditionGenerationModel",), unsupported=_NO_HOOKS),
+    Family("Stable Audio", ("AudioDiffusionTransformer",), unsupported="audio model: out of this pack's scope"),
+    Family(
+        "Hunyuan3D 2.1",
+        ("HunYuanDiTPlain",),
+        unsupported="its block patches return a tensor where ComfyUI's other models return a dict",
+    ),
+    Family("SeedVR2", ("NaDiT",), unsupported="a one-step restorer: nothing to skip"),
 )
 
 
+def blocks_of(diffusion_model: Any, attr: str) -> Any:
+    """The block list at ``attr`` (dotted for nested lists, e.g. ``language_model.layers``), or None."""
+    obj = diffusion_model
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
 def _names(obj: Any) -> list[str]:
-    return [c.__name__ for c in type(obj).__mro__]
+    """Class names of ``obj``'s type and bases, plain and module-qualified (two ComfyUI classes share "MMDiT")."""
+    mro = type(obj).__mro__
+    return [c.__name__ for c in mro] + [f"{c.__module__}.{c.__name__}" for c in mro]
 
 
 def family_of(diffusion_model: Any, model_config: Any = None) -> Family | None:
@@ -186,7 +261,7 @@ def family_of(diffusion_model: Any, model_config: Any = None) -> Family | None:
         if family.configs and not any(c in configs for c in family.configs):
             continue
         for stack in family.stacks:
-            blocks = getattr(diffusion_model, stack.attr, None)
+            blocks = blocks_of(diffusion_model, stack.attr)
             if blocks is None or not hasattr(blocks, "__len__"):
                 return None
         return family

@@ -65,7 +65,7 @@ def apply_model_wrapper(key: str, executor: Any, *args: Any, **kwargs: Any) -> A
     transformer_options = arg("apply_model", "transformer_options", args, kwargs) or {}
     state = transformer_options.get(key)
     hooks = getattr(state, "hooks", None)
-    if hooks is None:
+    if hooks is None or not hooks.accepts(executor.class_obj.diffusion_model):
         return executor(*args, **kwargs)
     if arg("apply_model", "control", args, kwargs) is not None:
         hooks.method.disable("ControlNet inputs add features between blocks")

@@ -19,7 +19,7 @@ from ..calibration import catalog, recorder
 from ..calibration.curve import CurveError, MagnitudeCurve
 from ..calibration.plot import render_curve
 from ..calibration.runs import SOURCE, runs_of
-from ..hooks.families import Family, Level, describe_unsupported, family_by_key, family_of, model_width
+from ..hooks.families import Family, Level, blocks_of, describe_unsupported, family_by_key, family_of, model_width
 
 log = logging.getLogger("comfyui-magcache")
 
@@ -39,7 +39,7 @@ def model_identity(model: Any, family: Family, level: Level) -> dict[str, Any]:
         "level": level.value,
         "model_config": type(model.model.model_config).__name__,
         "fingerprint": {
-            "blocks": {stack.attr: len(getattr(dm, stack.attr)) for stack in family.stacks},
+            "blocks": {stack.attr: len(blocks_of(dm, stack.attr)) for stack in family.stacks},
             "width": model_width(dm),
             "parameters": int(sum(p.numel() for p in dm.parameters())),
         },

@@ -27,14 +27,25 @@ PUBLISHED = [
 ]
 
 
+#: Presets the pack recorded itself (calibration/presets/PROVENANCE.md).
+OURS = ("tiny_wan_output",)
+
+
 def test_every_published_curve_ships_as_a_valid_preset_with_provenance() -> None:
-    assert catalog.preset_names() == sorted(PUBLISHED)
+    assert catalog.preset_names() == sorted([*PUBLISHED, *OURS])
     for name in PUBLISHED:
         curve = catalog.load_preset(name)
         assert "Zehong-Ma/ComfyUI-MagCache" in curve.metadata["source"]
         assert "simple" in curve.metadata["conversion"]
         assert curve.metadata["architecture"]
         assert curve.steps == curve.metadata["steps"]
+
+
+def test_our_output_level_stand_in_says_what_it_is() -> None:
+    curve = catalog.load_preset("tiny_wan_output")
+    assert curve.level == "output" and curve.metadata["stand_in"] is True
+    assert "embedded tiny Wan" in curve.metadata["source"]
+    assert curve.steps == 50 and set(curve.roles) == {"cond", "uncond"}
 
 
 @pytest.mark.parametrize(

@@ -52,9 +52,8 @@ def test_every_family_names_a_shipped_curve_or_says_why_not(family) -> None:
     for name in (family.curve, family.wide_curve):
         if name is not None:
             assert name in catalog.preset_names(), f"{family.name}: preset '{name}' is not shipped"
-    if family.unsupported is None and family.curve is None:
-        # Only families whose noise scale no stand-in fits may lack a curve.
-        assert family.level is Level.BLOCK
+    if family.unsupported is not None:
+        assert family.curve is None and not family.stacks
     if family.curve is not None and not family.stand_in:
         preset = catalog.load_preset(family.curve)
         assert preset.metadata.get("architecture") == family.key
