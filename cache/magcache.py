@@ -118,7 +118,6 @@ class RunState:
     disabled: str | None = None  # why skipping is off for this run, if it is
     evaluation: _Evaluation | None = None
     reference: frozenset[tuple[Any, ...]] | None = None  # the run's own options, seen at its first evaluation
-    last_sigma: float | None = None  # of the last evaluation that was not a variant
     #: Cached residual per conditioning uuid, and per whole batch (by its uuids) for the one-add path.
     residuals: dict[Any, hidden.Hidden] = field(default_factory=dict)
     by_batch: dict[tuple[Any, ...], hidden.Hidden] = field(default_factory=dict)
@@ -133,21 +132,19 @@ class RunState:
         """Decide one model evaluation.
 
         An evaluation is a *variant*, computed in full and never sharing the
-        cache, when its options differ from the run's own (guidance that skips
-        layers or changes attention: SkipLayerGuidance replaces block patches,
-        LTX's STG and modality guidance set flags) or when it repeats the sigma
-        of the evaluation before it (guidance that calls the model again on
-        another input with the same options).
+        cache, when its options differ from the run's own: guidance that skips
+        layers or changes attention (SkipLayerGuidance replaces block patches,
+        LTX's STG and modality guidance set flags). A repeated sigma alone does
+        not make a variant: heun and dpm_2 call the model twice at one sigma.
         """
         self.end_evaluation()
         signature = _signature(options)
         if self.reference is None:
             self.reference = signature
-        if signature != self.reference or sigma == self.last_sigma:
+        if signature != self.reference:
             self.variants += 1
             self.evaluation = _Evaluation(skip=False, variant=True)
             return
-        self.last_sigma = sigma
         self.evaluations += 1
         skip = self.policy.decide(sigma, roles)
         self.evaluation = _Evaluation(skip=skip and self.disabled is None, variant=False)

@@ -121,7 +121,9 @@ def test_values_the_rule_cannot_honour_are_refused_when_the_node_runs(inputs: di
 
 def test_a_curve_of_another_family_is_refused() -> None:
     wan = tiny_models.build("wan21_t2v")
-    with pytest.raises(CurveError, match=r"curve 'flux' was calibrated on Flux, but this model is WanModel"):
+    with pytest.raises(
+        CurveError, match=r"curve 'flux' was calibrated on Flux, but this model is Wan 2.1 / 2.2 T2V \(WanModel\)"
+    ):
         MagCacheApply().apply(wan.patcher, **{**GOOD, "curve": "flux"})
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import comfy.sample
@@ -29,6 +31,7 @@ import torch
 from conftest import BlockCounter
 
 from comfyui_magcache.cache import magcache as engine
+from comfyui_magcache.cache.policy import Plan, plan_run
 from comfyui_magcache.calibration import recorder
 from comfyui_magcache.calibration.curve import CurveError, MagnitudeCurve
 from comfyui_magcache.calibration.curve_file import load_curve
@@ -36,7 +39,6 @@ from comfyui_magcache.calibration.runs import pack_version, runs_of
 from comfyui_magcache.hooks.families import family_of
 from comfyui_magcache.nodes.calibrate_node import MagCacheCalibrate, MagCacheCurvePlot
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
-from comfyui_magcache.nodes.policy import Plan, plan_run
 
 STEPS = 20
 FAMILIES = ["wan21_t2v", "flux", "qwen_image"]
@@ -72,13 +74,23 @@ def sample(tiny: tiny_models.TinyModel, patcher: Any, steps: int = STEPS, seed: 
     latent = comfy.sample.fix_empty_latent_channels(patcher, tiny.latent)
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(
-        patcher, noise, steps, tiny.cfg, kw.pop("sampler", "euler"), kw.pop("scheduler", "simple"),
-        tiny.positive, tiny.negative, latent, seed=seed, disable_pbar=True, **kw,
+        patcher,
+        noise,
+        steps,
+        tiny.cfg,
+        kw.pop("sampler", "euler"),
+        kw.pop("scheduler", "simple"),
+        tiny.positive,
+        tiny.negative,
+        latent,
+        seed=seed,
+        disable_pbar=True,
+        **kw,
     )
 
 
-def calibrate(patcher: Any, name: str, if_exists: str = "combine") -> tuple[Any, str]:
-    return MagCacheCalibrate().calibrate(patcher, name, if_exists)
+def calibrate(patcher: Any, name: str, if_exists: str = "combine", level: str = "auto") -> tuple[Any, str]:
+    return MagCacheCalibrate().calibrate(patcher, name, if_exists, level)
 
 
 def leftovers(patcher: Any) -> tuple:
@@ -389,14 +401,21 @@ def test_cond_and_uncond_run_apart_give_the_same_curve(
         np.testing.assert_allclose(split.roles[role].ratio, batched.roles[role].ratio, rtol=1e-4)
 
 
-def test_without_cfg_only_the_positive_conditioning_is_recorded(
-    wan: tiny_models.TinyModel, curve_folder: Path
-) -> None:
+def test_without_cfg_only_the_positive_conditioning_is_recorded(wan: tiny_models.TinyModel, curve_folder: Path) -> None:
     patched, name = calibrate(wan.patcher, "no_cfg")
     latent = comfy.sample.fix_empty_latent_channels(patched, wan.latent)
     comfy.sample.sample(
-        patched, comfy.sample.prepare_noise(latent, 0), 12, 1.0, "euler", "simple", wan.positive, wan.negative,
-        latent, seed=0, disable_pbar=True,
+        patched,
+        comfy.sample.prepare_noise(latent, 0),
+        12,
+        1.0,
+        "euler",
+        "simple",
+        wan.positive,
+        wan.negative,
+        latent,
+        seed=0,
+        disable_pbar=True,
     )
     curve = load_curve(curve_folder / name)
     assert set(curve.roles) == {"cond"} and curve.metadata["runs"][0]["cfg"] == 1.0
@@ -455,9 +474,7 @@ def test_a_bad_saved_curve_is_refused_naming_the_file(
     assert path.read_bytes() == before
 
 
-def test_runs_of_another_model_or_without_runs_are_not_combined(
-    wan: tiny_models.TinyModel, curve_folder: Path
-) -> None:
+def test_runs_of_another_model_or_without_runs_are_not_combined(wan: tiny_models.TinyModel, curve_folder: Path) -> None:
     flux = tiny_models.build("flux")
     patched, _ = calibrate(flux.patcher, "shared")
     sample(flux, patched, steps=10)
@@ -526,12 +543,68 @@ def test_magcache_on_a_calibrating_model_is_refused(wan: tiny_models.TinyModel, 
     assert not curve_folder.exists() or not any(curve_folder.iterdir())
 
 
-def test_an_unsupported_model_cannot_be_calibrated() -> None:
-    family = next((f for f in ("lumina2", "cosmos", "hidream") if f in tiny_models.available_families()), None)
-    if family is None:
-        pytest.skip("this ComfyUI has none of the families without block patches")
-    with pytest.raises(ValueError, match="offers no block patches"):
-        calibrate(tiny_models.build(family).patcher, "nope")
+def test_a_model_the_pack_does_not_know_cannot_be_calibrated() -> None:
+    unknown = SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2), model_config=object()))
+    with pytest.raises(ValueError, match="is a model this version of the pack does not know"):
+        calibrate(unknown, "nope")
+
+
+class OutputObserver:
+    """Our own record of what the diffusion model returns, per batch, sharing nothing with the recorder."""
+
+    def __init__(self, patcher: Any) -> None:
+        self.outputs: list[torch.Tensor] = []
+        self.batches: list[tuple[list[int], float]] = []
+        self.handle = patcher.model.diffusion_model.register_forward_hook(self._leave)
+        patcher.set_model_unet_function_wrapper(self._batch)
+
+    def _leave(self, module: Any, args: tuple, output: torch.Tensor) -> None:
+        self.outputs.append(output.detach().clone())
+
+    def _batch(self, apply_model: Any, args: dict[str, Any]) -> torch.Tensor:
+        self.batches.append((list(args["cond_or_uncond"]), float(args["timestep"][0])))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    def ratios(self) -> dict[int, np.ndarray]:
+        """Per role: (sigma, mean over tokens of ||out_t|| / ||out_t-1||) rows, channels as the norm's axis."""
+        assert len(self.outputs) == len(self.batches)
+        previous: dict[int, torch.Tensor] = {}
+        rows: dict[int, list[list[float]]] = {}
+        for (roles, sigma), out in zip(self.batches, self.outputs):
+            for role, part in zip(roles, out.double().chunk(len(roles))):
+                if role in previous:
+                    ratio = part.norm(dim=-1) / previous[role].norm(dim=-1)
+                    rows.setdefault(role, []).append([sigma, ratio.mean().item()])
+                previous[role] = part
+        return {role: np.array(v) for role, v in rows.items()}
+
+
+def test_output_level_calibration_records_the_models_output_and_drives_output_level_skipping(
+    wan: tiny_models.TinyModel, curve_folder: Path, magcache_log: pytest.LogCaptureFixture
+) -> None:
+    baseline = sample(wan, wan.patcher)
+    patched, name = calibrate(wan.patcher, "wan output", level="output")
+    watched = patched.clone()
+    observer = OutputObserver(watched)
+    try:
+        out = sample(wan, watched)
+    finally:
+        observer.handle.remove()
+    assert torch.equal(out, baseline)
+    curve = load_curve(curve_folder / name)
+    assert curve.level == "output" and curve.metadata["level"] == "output"
+    expected = observer.ratios()
+    for role_name, role in (("cond", 0), ("uncond", 1)):
+        rc, want = curve.roles[role_name], expected[role]
+        np.testing.assert_allclose(rc.sigma[1:], want[:, 0], rtol=1e-6)
+        np.testing.assert_allclose(rc.ratio, want[:, 1], rtol=1e-5)
+    # The MagCache node takes the level from the curve: it skips the whole model.
+    (cached,) = MagCacheApply().apply(wan.patcher, name, 0.3, 2, 0.2, 0.0, 1.0, "compute")
+    assert cached.model_options["transformer_options"][engine.KEY].level.value == "output"
+    sample(wan, cached)
+    skipped = re.findall(r"skipped the whole model on (\d+) of (\d+) model calls", magcache_log.text)
+    assert skipped and 0 < int(skipped[-1][0]) < int(skipped[-1][1])
+    assert "check failed" not in magcache_log.text
 
 
 # -- the example workflow --------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ import torch
 from conftest import BlockCounter
 
 from comfyui_magcache.cache import magcache as engine
+from comfyui_magcache.cache.policy import SkipPolicy
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
-from comfyui_magcache.nodes.policy import SkipPolicy
 
 STEPS = 12
 CURVE = "wan2.1_t2v_1.3B"

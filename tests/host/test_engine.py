@@ -1,10 +1,12 @@
-"""MagCache on tiny random-weight models of every supported family, in the real host.
+"""MagCache on tiny random-weight models of every family the running ComfyUI can load, in the real host.
 
 For each family: the model is loaded the way ComfyUI loads a user's file and
-sampled with ComfyUI's own sampler and CFG. We check that threshold 0 changes
-nothing, that the block stack runs on exactly the calls the plan says, that
+sampled with ComfyUI's own sampler and CFG, at the level the family table
+gives it (the block stack, or the model's output). We check that threshold 0
+changes nothing, that the blocks run on exactly the calls the plan says, that
 outputs differ from the baseline only from the first skipped step on, and
-that the model the user passed in is left exactly as it was.
+that the model the user passed in is left exactly as it was. Families that
+inject features between blocks must switch skipping off, with one log line.
 """
 
 from __future__ import annotations
@@ -23,14 +25,34 @@ from conftest import BlockCounter
 
 from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve
-from comfyui_magcache.hooks.families import family_of
+from comfyui_magcache.hooks.families import Family, Level, blocks_of, family_of
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
 
 STEPS = 12
-#: Families whose ComfyUI code offers no working block patches (see README's table).
-NOT_BLOCK_LEVEL = ("lumina2", "hidream", "cosmos", "kandinsky5")
-SUPPORTED = [f for f in tiny_models.available_families() if f not in NOT_BLOCK_LEVEL]
-UNSUPPORTED = [f for f in tiny_models.available_families() if f in NOT_BLOCK_LEVEL]
+#: Tiny models whose inputs add features between blocks: skipping must switch off, saying why.
+SWITCHED_OFF = {
+    "wan21_vace": "'vace_context' inputs add features between blocks",
+    "wan22_s2v": "'audio_embed' inputs add features between blocks",
+    "wan_dancer": "'audio_embed' inputs add features between blocks",
+    "wan22_animate": "'face_pixel_values' inputs add features between blocks",
+}
+
+
+def family(tiny: tiny_models.TinyModel) -> Family:
+    found = family_of(tiny.patcher.model.diffusion_model, tiny.patcher.model.model_config)
+    assert found is not None, f"{tiny.family} has no family entry"
+    return found
+
+
+def servable(name: str) -> bool:
+    """Whether the pack serves this tiny model (the family table says how, or why not)."""
+    tiny = tiny_models.build(name)
+    found = family_of(tiny.patcher.model.diffusion_model, tiny.patcher.model.model_config)
+    return found is not None and found.unsupported is None
+
+
+SERVED = [f for f in tiny_models.available_families() if servable(f)]
+NOT_SERVED = [f for f in tiny_models.available_families() if f not in SERVED]
 
 
 def sample(tiny: tiny_models.TinyModel, patcher: Any, steps: int = STEPS, **kw: Any) -> tuple[torch.Tensor, list]:
@@ -65,16 +87,16 @@ def schedule_curve(patcher: Any, ratio: float = 0.99, steps: int = STEPS) -> Mag
 
 def attach(tiny: tiny_models.TinyModel, curve: MagnitudeCurve, threshold: float, k: int = 2, **kw: Any) -> Any:
     patched = tiny.patcher.clone()
-    arch = family_of(patched.model.diffusion_model, patched.model.model_config)
-    assert arch is not None
-    engine.attach(patched, engine.MagCacheConfig(curve, arch, threshold, k, kw.pop("retention", 0.2), **kw))
+    fam = family(tiny)
+    kw.setdefault("level", fam.level)
+    engine.attach(patched, engine.MagCacheConfig(curve, fam, threshold, k, kw.pop("retention", 0.2), **kw))
     return patched
 
 
-def all_blocks(patcher: Any) -> list[torch.nn.Module]:
-    dm = patcher.model.diffusion_model
-    arch = family_of(dm, patcher.model.model_config)
-    return [b for stack in arch.stacks for b in getattr(dm, stack.attr)]
+def all_blocks(tiny: tiny_models.TinyModel) -> list[torch.nn.Module]:
+    """Every transformer block the model runs (refiners included), whatever level MagCache acts at."""
+    dm = tiny.patcher.model.diffusion_model
+    return [b for attr in tiny_models.BLOCK_LISTS[tiny.family] for b in blocks_of(dm, attr)]
 
 
 def fingerprint(patcher: Any) -> tuple:
@@ -97,14 +119,14 @@ def planned(log_text: str) -> tuple[int, int]:
     return int(m[-1][0]), int(m[-1][1])
 
 
-@pytest.fixture(scope="module", params=SUPPORTED)
+@pytest.fixture(scope="module", params=SERVED)
 def tiny(request: pytest.FixtureRequest) -> tiny_models.TinyModel:
     return tiny_models.build(request.param, seed=0)
 
 
 @pytest.fixture(scope="module")
 def baseline(tiny: tiny_models.TinyModel) -> tuple[torch.Tensor, list, int]:
-    counter = BlockCounter(all_blocks(tiny.patcher))
+    counter = BlockCounter(all_blocks(tiny))
     out, previews = sample(tiny, tiny.patcher)
     counter.close()
     return out, previews, counter.calls
@@ -118,15 +140,16 @@ def test_threshold_zero_is_bit_identical(tiny, baseline) -> None:
 def test_block_stack_runs_exactly_where_the_plan_says(tiny, baseline, magcache_log) -> None:
     before = fingerprint(tiny.patcher)
     patched = attach(tiny, schedule_curve(tiny.patcher), threshold=0.15, k=2)
-    counter = BlockCounter(all_blocks(tiny.patcher))
+    counter = BlockCounter(all_blocks(tiny))
     out, previews = sample(tiny, patched)
     counter.close()
     computed, total = planned(magcache_log.text)
     assert total == STEPS
     assert 0 < computed < total, "the test curve must call for some skips"
-    if tiny.family == "wan21_vace":
-        # VACE adds features between blocks: skipping is switched off, loudly, and nothing changes.
-        assert "skipping switched off for this run: 'vace_context'" in magcache_log.text
+    assert "check failed" not in magcache_log.text
+    if tiny.family in SWITCHED_OFF:
+        # Features added between blocks: skipping is switched off, loudly, and nothing changes.
+        assert f"skipping switched off for this run: {SWITCHED_OFF[tiny.family]}" in magcache_log.text
         assert counter.calls == baseline[2]
         assert torch.equal(out, baseline[0])
         return
@@ -134,7 +157,7 @@ def test_block_stack_runs_exactly_where_the_plan_says(tiny, baseline, magcache_l
     per_call = baseline[2] // STEPS
     assert baseline[2] == per_call * STEPS
     assert counter.calls == computed * per_call
-    summary = re.findall(r"skipped the block stack on (\d+) of (\d+) model calls", magcache_log.text)
+    summary = re.findall(r"skipped the (?:block stack|whole model) on (\d+) of (\d+) model calls", magcache_log.text)
     assert summary[-1] == (str(total - computed), str(total))
     # Identical until the first skipped step, different from it on.
     diffs = [not torch.equal(a, b) for a, b in zip(previews, baseline[1])]
@@ -161,18 +184,21 @@ def test_node_with_defaults_picks_a_curve_and_runs(tiny, magcache_log) -> None:
     out, _ = sample(tiny, patched, steps=STEPS)
     assert torch.isfinite(out).all()
     text = magcache_log.text
-    if patched is tiny.patcher:  # families without a curve are left alone, loudly
-        assert "left unchanged" in text
-    else:
-        assert "MagCache: curve '" in text and "computing" in text
+    if family(tiny).curve is None:  # no curve fits (v-prediction, EDM): left alone, saying to calibrate
+        assert patched is tiny.patcher and "run MagCache Calibrate once" in text
+        return
+    assert patched is not tiny.patcher
+    assert "MagCache: curve '" in text and "computing" in text
+    assert ("stands in for" in text) == family(tiny).stand_in
+    assert "check failed" not in text
 
 
-@pytest.mark.parametrize("family", UNSUPPORTED)
-def test_families_without_block_patches_are_left_alone(family: str, magcache_log) -> None:
-    tiny = tiny_models.build(family)
+@pytest.mark.parametrize("name", NOT_SERVED)
+def test_families_the_pack_does_not_serve_are_left_alone_saying_why(name: str, magcache_log) -> None:
+    tiny = tiny_models.build(name)
     (patched,) = MagCacheApply().apply(tiny.patcher, "auto", -1, -1, -1, 0.0, 1.0, "compute")
     assert patched is tiny.patcher
-    assert "has no block patches in ComfyUI; the model is left unchanged" in magcache_log.text
+    assert "the model is left unchanged" in magcache_log.text
 
 
 #: family -> (module that receives the block stack's output first, how the first block receives its input)
@@ -207,12 +233,14 @@ class Tap:
 
 def test_skipped_calls_add_the_cached_residual_exactly(tiny) -> None:
     """Independent of the engine: replay every model call on the plain model and rebuild x + r by hand."""
+    if family(tiny).level is not Level.BLOCK or tiny.family in SWITCHED_OFF:
+        pytest.skip(f"{tiny.family} is not cached at the block level")
     if tiny.family not in HEADS:
         pytest.skip(f"no head module listed for {tiny.family}")
     head_name, first_input = HEADS[tiny.family]
     dm = tiny.patcher.model.diffusion_model
     head = getattr(dm, head_name)
-    first = all_blocks(tiny.patcher)[0]
+    first = all_blocks(tiny)[0]
     calls: list[tuple[tuple, dict]] = []
 
     def capture(executor: Any, *args: Any, **kwargs: Any) -> Any:
