@@ -162,12 +162,15 @@ def test_the_workflow_check_accepts_a_model_file_the_server_lacks(object_info: d
 
 
 def test_requires_comfyui_covers_the_checkout_under_test() -> None:
-    """pyproject's [tool.comfy].requires-comfyui must include every version this suite is run on."""
+    """pyproject's [tool.comfy].requires-comfyui must include every version this suite is run on
+    (0.3.64, 0.8.0, 0.33.0) and must not refuse newer releases than the newest one tested."""
     line = next(x for x in (PACK_ROOT / "pyproject.toml").read_text().splitlines() if x.startswith("requires-comfyui"))
     spec = SpecifierSet(line.split("=", 1)[1].strip().strip('"'))
     assert ROOT is not None
     version = comfyui_version(ROOT)
     assert version in spec, f"ComfyUI {version} passes the host suite? then widen requires-comfyui ({spec})"
+    for newer in ("0.33.1", "0.40.0", "1.0.0"):
+        assert newer in spec, f"requires-comfyui ({spec}) refuses ComfyUI {newer}: users run releases newer than tested"
 
 
 @pytest.mark.skipif(not TINY_MODEL.is_file(), reason=NO_TINY_MODEL)
