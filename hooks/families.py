@@ -158,9 +158,11 @@ FAMILIES: tuple[Family, ...] = (
         ("WAN21_I2V", "WAN21_FunControl2V", "WAN21_Camera", "WAN22_Camera"),
         "wan2.1_i2v_480p_14B",
     ),
+    # HuMo hands its audio to the blocks themselves: nothing is added between them.
+    _wan("Wan 2.1 HuMo", ("WAN21_HuMo",), _VIDEO, "wan2.1_t2v_14B", stand_in=True, between_block_inputs=()),
     _wan(
-        "Wan 2.x variants (HuMo, S2V, Animate, Animate 2, SCAIL, WanDancer, FlowRVS)",
-        ("WAN21_HuMo", "WAN22_S2V", "WAN22_Animate", "WAN_Animate2", "WAN21_SCAIL", "WAN22_WanDancer", "WAN21_FlowRVS"),
+        "Wan 2.x variants (S2V, Animate, Animate 2, SCAIL, WanDancer, FlowRVS)",
+        ("WAN22_S2V", "WAN22_Animate", "WAN_Animate2", "WAN21_SCAIL", "WAN22_WanDancer", "WAN21_FlowRVS"),
         _VIDEO,
         "wan2.1_t2v_14B",
         stand_in=True,
