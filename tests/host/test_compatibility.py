@@ -455,3 +455,72 @@ def test_14_torch_compiled_model(wan, dynamo_counters, magcache_log, capsys) -> 
             f"\n[torch.compile] 30-step run with MagCache: {graphs} unique graphs, {recompiles} recompilations, "
             f"{frames} frame events, {skipped}/{total} calls skipped"
         )
+
+
+# 15 ----------------------------------------------------------------------------------------
+def test_15_model_patches_between_blocks_switch_skipping_off(wan, magcache_log) -> None:
+    """A ``set_model_double_block_patch`` (Uni3C, DiffSynth ControlNets) runs between blocks: honoured exactly."""
+
+    def nudge(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**kwargs, "img": kwargs["img"] * 1.01}
+
+    with_patch = wan.patcher.clone()
+    with_patch.set_model_double_block_patch(nudge)
+    plain = run(wan, with_patch)
+    out = run(wan, magcache(with_patch))
+    if "double_block" in magcache_log.text:  # this ComfyUI's Wan applies the patch (0.33 does; 0.8 and 0.3 do not)
+        assert "skipping switched off for this run: model patches applied between blocks (double_block)" in (
+            magcache_log.text
+        )
+        assert torch.equal(out, plain)
+    else:
+        assert counts(magcache_log.text)[-1][0] > 0
+
+
+# 16 ----------------------------------------------------------------------------------------
+def _node_output(out: Any) -> Any:
+    """The first output of a node, V1 (a tuple) or V3 (a NodeOutput)."""
+    return out.result[0] if hasattr(out, "result") else out[0]
+
+
+def test_16_guidance_that_calls_the_model_again_never_shares_the_cache(magcache_log) -> None:
+    """SkipLayerGuidance re-runs the cond with some of our block patches replaced: those calls compute in full."""
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    flux = tiny_models.build("flux")
+    slg = _node_output(SkipLayerGuidanceDiT.execute(flux.patcher, 3.0, 0.0, 0.6, "1", "1", 0.0))
+    exact = run(flux, magcache(slg, threshold=0.0, curve="flux"))
+    assert torch.equal(exact, run(flux, slg))
+    out = run(flux, magcache(slg, threshold=0.3, curve="flux"))
+    assert torch.isfinite(out).all()
+    variants = re.findall(r"(\d+) extra evaluation\(s\) with changed options", magcache_log.text)
+    assert variants and int(variants[-1]) > 0
+    skipped, total = counts(magcache_log.text)[-1]
+    assert total == STEPS and skipped > 0
+
+
+# 17 ----------------------------------------------------------------------------------------
+def test_17_a_changed_noise_schedule_counts_in_the_very_run_that_uses_it(wan, magcache_log) -> None:
+    """ModelSamplingSD3 after MagCache: the plan reads the shifted schedule; nothing carries to the next run."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    patched = magcache(wan.patcher, retention=0.5)
+    first = run(wan, patched)
+    (shifted,) = ModelSamplingSD3().patch(patched, 8.0)
+    run(wan, shifted)
+    # Retention 0.5 of the shifted schedule: the plan line of that run was built on shift 8.0 sigmas.
+    sampling = shifted.get_model_object("model_sampling")
+    config = patched.model_options["transformer_options"][engine.KEY]
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", STEPS).tolist()
+    expected = engine.plan_run(config.curve, config.settings_for(sampling), sigmas, (0, 1))
+    assert plans(magcache_log.text)[-1] == (expected.computed, expected.total)
+    unshifted = wan.patcher.model.model_sampling
+    stale = engine.plan_run(
+        config.curve,
+        config.settings_for(unshifted),
+        comfy.samplers.calculate_sigmas(unshifted, "simple", STEPS).tolist(),
+        (0, 1),
+    )
+    assert stale.skips != expected.skips, "the test needs a shift that changes the plan"
+    # The same prompt gives the same output whatever ran before it.
+    assert torch.equal(run(wan, patched), first)
