@@ -123,8 +123,10 @@ def page(comfy_server: ComfyServer) -> Iterator[tuple[Any, PageWatch]]:
 def _load(tab: Any, path: Path, expected_nodes: list[int]) -> None:
     """Open a workflow file through the page's file input, as its Open menu and drag and drop do."""
     tab.set_input_files("#comfy-file-input", str(path))
+    # Node ids are numbers in the file; the page of ComfyUI 0.33 (frontend 1.49) holds them as strings.
     tab.wait_for_function(
-        "ids => JSON.stringify(window.app.graph._nodes.map(n => n.id).sort((a, b) => a - b)) === JSON.stringify(ids)",
+        "ids => JSON.stringify(window.app.graph._nodes.map(n => Number(n.id)).sort((a, b) => a - b))"
+        " === JSON.stringify(ids)",
         arg=sorted(expected_nodes),
         timeout=30_000,
     )
@@ -147,9 +149,13 @@ def test_example_loads_without_missing_nodes_or_errors(page: tuple[Any, PageWatc
     assert not unknown, f"the page does not know these node types: {unknown}"
     # The page rebuilt each node's widgets from the server's definitions; saving
     # it again must give back the file's values, so no widget shifted or vanished.
-    saved = {n["id"]: n.get("widgets_values") for n in tab.evaluate("() => window.app.graph.serialize()")["nodes"]}
+    # A newer ComfyUI may declare widgets after them that the file predates
+    # (CreateVideo's bit_depth in 0.33): the page appends those with their defaults.
+    serialized = tab.evaluate("() => window.app.graph.serialize()")["nodes"]
+    saved = {int(n["id"]): n.get("widgets_values") or [] for n in serialized}
     for node in workflow["nodes"]:
-        assert saved[node["id"]] == node["widgets_values"], f"node {node['id']} ({node['type']}) changed on load"
+        values = node["widgets_values"]
+        assert saved[node["id"]][: len(values)] == values, f"node {node['id']} ({node['type']}) changed on load"
 
     input_files = {v for n in workflow["nodes"] if n["type"] == "LoadImage" for v in n["widgets_values"][:1]}
     assert not watch.errors, watch.errors
@@ -218,9 +224,12 @@ def test_add_magcache_by_search_connect_and_run(
     tab.wait_for_function("() => document.activeElement && document.activeElement.tagName === 'INPUT'", timeout=30_000)
     tab.keyboard.type("MagCache", delay=40)
     # Wait until the result list has caught up with the typing: the pack's nodes listed, "MagCache" first.
+    # The box is an autocomplete up to frontend 1.3x, a list of options (#results-list) in 1.49 (ComfyUI 0.33).
     tab.wait_for_function(
         """() => {
-            const items = [...document.querySelectorAll('.p-autocomplete-option')].map(o => o.innerText);
+            let options = document.querySelectorAll('.p-autocomplete-option');
+            if (!options.length) options = document.querySelectorAll('#results-list [role=option]');
+            const items = [...options].map(o => o.innerText);
             return items.length > 0 && items[0].split('\\n')[0].trim() === 'MagCache'
                 && items.some(text => text.includes('MagCache Curve Plot'));
         }""",
@@ -228,16 +237,30 @@ def test_add_magcache_by_search_connect_and_run(
     )
     tab.keyboard.press("Enter")
     tab.wait_for_function("() => window.app.graph._nodes.some(n => n.type === 'MagCacheApply')", timeout=30_000)
-    added = tab.evaluate("() => window.app.graph._nodes.find(n => n.type === 'MagCacheApply').id")
+    # Node ids are numbers here; the page of ComfyUI 0.33 (frontend 1.49) holds them as strings.
+    added = int(tab.evaluate("() => window.app.graph._nodes.find(n => n.type === 'MagCacheApply').id"))
     tab.locator(".p-dialog:visible").first.wait_for(state="hidden", timeout=10_000)  # the search box has closed
     tab.wait_for_timeout(500)
+
+    # Frontend 1.49 (ComfyUI 0.33) hands the new node to the pointer ("ghost" placement, centred
+    # under it): move it to where the example has it, clear of the loader, and click to put it down.
+    # Older pages put it down at the double-click at once.
+    if tab.evaluate("() => window.app.canvas.state?.ghostNodeId != null"):
+        width = tab.evaluate("id => window.app.graph.getNodeById(id).size[0]", added)
+        tab.mouse.move(*on_screen(spot[0] + width / 2, spot[1] - 10), steps=12)
+        tab.mouse.down()
+        tab.mouse.up()
+        tab.wait_for_function("() => window.app.canvas.state.ghostNodeId == null", timeout=10_000)
+        placed = tab.evaluate("id => Array.from(window.app.graph.getNodeById(id).pos)", added)
+        assert abs(placed[0] - spot[0]) < 20 and abs(placed[1] - spot[1]) < 20, (placed, spot)
+        tab.wait_for_timeout(300)
 
     drag(slot(loader_id, False, 0), slot(added, True, 0))
     drag(slot(added, False, 0), slot(sampler_id, True, 0))
     links = tab.evaluate(
         "() => window.app.graph._nodes.flatMap(n => (n.inputs || []).filter(i => i.link != null)"
         ".map(i => { const l = window.app.graph.links[i.link] ?? window.app.graph.links.get(i.link);"
-        " return [l.origin_id, l.target_id, i.name]; }))"
+        " return [Number(l.origin_id), Number(l.target_id), i.name]; }))"
     )
     assert [loader_id, added, "model"] in links
     assert [added, sampler_id, "model"] in links

@@ -29,6 +29,7 @@ import pytest
 import tiny_models
 import torch
 from conftest import BlockCounter
+from workflows import CONTROL_VALUES, DYNAMIC_COMBO, widget_layout
 
 from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.cache.policy import Plan, plan_run
@@ -632,23 +633,23 @@ def node_classes() -> dict[str, type]:
     return classes
 
 
-def widget_specs(cls: type) -> list[tuple[str, str, dict[str, Any]]]:
-    """The widgets the page shows for a node, in order, as (name, type, options); seeds get their control widget."""
+def widget_specs(cls: type, values: list[Any] | None = None) -> list[tuple[str, str, dict[str, Any], bool]]:
+    """The widgets the page shows for a node, in order, as (name, type, options, required).
+
+    Laid out as ``workflows.widget_layout`` does: seeds get their control widget, and a
+    dynamic combo (ComfyUI 0.33's SaveVideo format) the widgets of the option chosen in ``values``.
+    """
     out = []
-    spec = cls.INPUT_TYPES()
-    for section in ("required", "optional"):
-        for name, (typ, *rest) in spec.get(section, {}).items():
-            opts = dict(rest[0]) if rest else {}
-            if opts.get("forceInput"):
-                continue
-            if isinstance(typ, list):
-                out.append((name, "COMBO", {**opts, "options": typ}))
-            elif typ in _WIDGET_TYPES:
-                out.append((name, str(typ), opts))
-            else:
-                continue
-            if typ == "INT" and (name in ("seed", "noise_seed") or opts.get("control_after_generate")):
-                out.append((f"{name} control", "COMBO", {"options": ["fixed", "increment", "decrement", "randomize"]}))
+    for slot in widget_layout({"input": cls.INPUT_TYPES()}, values):
+        spec = slot.input
+        if slot.extra == "control":
+            out.append((f"{spec.name} control", "COMBO", {"options": sorted(CONTROL_VALUES)}, True))
+        elif slot.extra == "upload":
+            out.append((f"{spec.name} upload", "STRING", {}, True))
+        elif spec.type == "COMBO":
+            out.append((spec.name, "COMBO", {**spec.options, "options": list(spec.choices)}, spec.required))
+        else:
+            out.append((spec.name, spec.type, spec.options, spec.required))
     return out
 
 
@@ -665,10 +666,13 @@ def test_the_example_workflow_matches_this_comfyuis_nodes() -> None:
             assert "MagCache Calibrate" in n["widgets_values"][0]
             continue
         cls = classes[n["type"]]
-        specs = widget_specs(cls)
         values = n["widgets_values"]
+        specs = widget_specs(cls, values)
+        # Optional inputs newer than the file (CreateVideo's bit_depth in ComfyUI 0.33): their defaults apply.
+        while len(specs) > len(values) and not specs[-1][3]:
+            specs.pop()
         assert len(values) == len(specs), (n["type"], values, [s[0] for s in specs])
-        for (name, typ, opts), value in zip(specs, values):
+        for (name, typ, opts, _), value in zip(specs, values):
             where = f"{n['type']}.{name} = {value!r}"
             if typ == "COMBO":
                 if name not in FILE_WIDGETS:
@@ -684,7 +688,9 @@ def test_the_example_workflow_matches_this_comfyuis_nodes() -> None:
         sockets = {i["name"]: i for i in n["inputs"]}
         required = cls.INPUT_TYPES().get("required", {})
         for name, (typ, *rest) in required.items():
-            if isinstance(typ, list) or (typ in _WIDGET_TYPES and not (rest and rest[0].get("forceInput"))):
+            if isinstance(typ, list) or typ == DYNAMIC_COMBO:
+                continue
+            if typ in _WIDGET_TYPES and not (rest and rest[0].get("forceInput")):
                 continue
             assert sockets.get(name, {}).get("link") is not None, f"{n['type']}.{name} is not connected"
     for link_id, src, src_slot, dst, dst_slot, typ in workflow["links"]:

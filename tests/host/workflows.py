@@ -8,9 +8,18 @@ makes the widgets from ``/object_info``: one widget per INT, FLOAT, STRING,
 BOOLEAN or combo input (required, then optional, in ``input_order``) that is
 not ``forceInput``, plus a "control after generate" widget after an input
 that declares ``control_after_generate`` (seeds) and an "upload" widget
-after a combo that declares ``image_upload``. Both helpers here rebuild that
+after a combo that declares ``image_upload``. A dynamic combo (ComfyUI 0.10 and
+newer, e.g. SaveVideo's ``format``) is a combo whose chosen option brings
+inputs of its own: their widgets follow it, named ``format.codec`` and so on,
+which are also their names in API format. Both helpers here rebuild that
 layout from ``/object_info`` alone, so a workflow that passes them has exactly
 the widgets the running server declares.
+
+Two things a newer ComfyUI adds are accepted in a workflow saved on an older
+one, because the page fills them in on load: values for trailing *optional*
+widget inputs it lacks (CreateVideo's ``bit_depth`` in 0.33; the page and the
+server take the default), and the output slots of output nodes, which pass
+their input through in 0.33 (SaveImage's ``images``).
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from typing import Any
 #: Node types that only the page knows (notes); the server never sees them.
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote"})
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+#: How ComfyUI 0.10 and newer declare a combo whose options bring inputs of their own.
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 #: What a file-list combo holds: model weights and input images.
 FILE_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".png", ".jpg", ".jpeg", ".webp")
@@ -36,6 +47,7 @@ class InputSpec:
     options: dict[str, Any]
     required: bool
     choices: tuple[Any, ...] = ()
+    dynamic: bool = False  # a dynamic combo: the chosen option's inputs follow it (see ``chosen_inputs``)
 
     @property
     def is_widget(self) -> bool:
@@ -56,8 +68,11 @@ class WidgetSlot:
     extra: str | None = None  # None: the input's own value; "control" or "upload": the page's companion widget
 
 
-def input_specs(node_info: dict[str, Any]) -> list[InputSpec]:
-    """The node type's inputs in the order the page lays them out: required, then optional."""
+def input_specs(node_info: dict[str, Any], prefix: str = "") -> list[InputSpec]:
+    """The node type's inputs in the order the page lays them out: required, then optional.
+
+    ``prefix`` names the inputs of a dynamic combo's option (``"format."``).
+    """
     declared = node_info["input"]
     order = node_info.get("input_order") or {s: list(declared.get(s, {})) for s in ("required", "optional")}
     specs = []
@@ -66,26 +81,53 @@ def input_specs(node_info: dict[str, Any]) -> list[InputSpec]:
             raw = declared[section][name]
             options = raw[1] if len(raw) > 1 and isinstance(raw[1], dict) else {}
             required = section == "required"
+            name = prefix + name
             if isinstance(raw[0], list):  # classic combo: the choices in place of the type
                 specs.append(InputSpec(name, "COMBO", options, required, tuple(raw[0])))
             elif raw[0] == "COMBO":  # newer spelling: the choices in the options
                 specs.append(InputSpec(name, "COMBO", options, required, tuple(options.get("options", ()))))
+            elif raw[0] == DYNAMIC_COMBO:  # the choices are the options' keys
+                keys = tuple(o["key"] for o in options.get("options", ()))
+                specs.append(InputSpec(name, "COMBO", options, required, keys, dynamic=True))
             else:
                 specs.append(InputSpec(name, str(raw[0]), options, required))
     return specs
 
 
-def widget_layout(node_info: dict[str, Any]) -> list[WidgetSlot]:
-    """The entries of ``widgets_values`` that the page writes for this node type, in order."""
-    slots = []
-    for spec in input_specs(node_info):
-        if not spec.is_widget:
-            continue
-        slots.append(WidgetSlot(spec))
-        if spec.options.get("control_after_generate"):
-            slots.append(WidgetSlot(spec, "control"))
-        if spec.options.get("image_upload"):
-            slots.append(WidgetSlot(spec, "upload"))
+def chosen_inputs(spec: InputSpec, value: Any) -> list[InputSpec]:
+    """The inputs that option ``value`` of the dynamic combo ``spec`` brings (none for an unknown value)."""
+    for option in spec.options.get("options", ()):
+        if option.get("key") == value:
+            return input_specs({"input": option.get("inputs", {})}, prefix=spec.name + ".")
+    return []
+
+
+def widget_layout(node_info: dict[str, Any], values: list[Any] | None = None) -> list[WidgetSlot]:
+    """The entries of ``widgets_values`` that the page writes for this node type, in order.
+
+    A dynamic combo's widget is followed by those of the option chosen in
+    ``values`` (its default, or first option, where ``values`` has none).
+    """
+    slots: list[WidgetSlot] = []
+
+    def lay_out(specs: list[InputSpec]) -> None:
+        for spec in specs:
+            if not spec.is_widget:
+                continue
+            index = len(slots)
+            slots.append(WidgetSlot(spec))
+            if spec.options.get("control_after_generate"):
+                slots.append(WidgetSlot(spec, "control"))
+            if spec.options.get("image_upload"):
+                slots.append(WidgetSlot(spec, "upload"))
+            if spec.dynamic:
+                if values is not None and index < len(values):
+                    chosen = values[index]
+                else:
+                    chosen = spec.options.get("default", spec.choices[0] if spec.choices else None)
+                lay_out(chosen_inputs(spec, chosen))
+
+    lay_out(input_specs(node_info))
     return slots
 
 
@@ -185,18 +227,24 @@ def _check_slots(node: dict[str, Any], info: dict[str, Any], problems: Problems)
             problems.add(node, f"required input {spec.name!r} is not connected")
     declared = list(zip(info.get("output_name", []), info.get("output", [])))
     saved = [(slot.get("name"), slot.get("type")) for slot in node.get("outputs") or []]
-    if [t for _, t in saved] != [t for _, t in declared]:
+    saved_types, declared_types = [t for _, t in saved], [t for _, t in declared]
+    # Output nodes of ComfyUI 0.33 pass their input through (SaveImage -> images); a
+    # workflow saved on an older one has no such slot, and the page adds it on load.
+    added_on_load = info.get("output_node") and declared_types[: len(saved_types)] == saved_types
+    if saved_types != declared_types and not added_on_load:
         problems.add(node, f"output slots {saved} differ from the server's {declared}")
 
 
 def _check_widgets(node: dict[str, Any], info: dict[str, Any], problems: Problems, marker: str) -> None:
-    layout = widget_layout(info)
     values = node.get("widgets_values")
     if values is None:
         values = []
     if not isinstance(values, list):
         problems.add(node, f"widgets_values is a {type(values).__name__}, expected a list")
         return
+    layout = widget_layout(info, values)
+    if len(values) < len(layout) and not any(slot.input.required for slot in layout[len(values) :]):
+        layout = layout[: len(values)]  # optional inputs newer than the file: their defaults apply
     if len(values) != len(layout):
         names = [s.input.name + (f" ({s.extra})" if s.extra else "") for s in layout]
         problems.add(node, f"{len(values)} widget values for the {len(layout)} widgets {names}: {values}")
@@ -236,7 +284,9 @@ def to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, d
             raise ValueError(f"node {node['id']} is muted or bypassed; this converter handles active nodes only")
         info = object_info[node["type"]]
         inputs: dict[str, Any] = {}
-        for slot, value in zip(widget_layout(info), node.get("widgets_values") or []):
+        values = node.get("widgets_values") or []
+        # Optional widget inputs the file has no value for are left out: the server takes their default.
+        for slot, value in zip(widget_layout(info, values), values):
             if slot.extra is None:
                 inputs[slot.input.name] = value
         for slot in node.get("inputs") or []:
