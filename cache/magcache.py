@@ -4,11 +4,12 @@ Pieces, in the order a sampling run meets them:
 
 * :func:`outer_sample_wrapper` (``WrappersMP.OUTER_SAMPLE``): when sampling
   starts, turns the node's :class:`MagCacheConfig` into a fresh
-  :class:`RunState`, plans the run from the curve and the sigmas, installs the
-  run's hooks (``hooks.sites``) in its own copy of the model options and logs
-  the plan; when sampling ends, for any reason, logs the summary and drops
-  every cached tensor.
-* :func:`calc_cond_batch_wrapper` (``WrappersMP.CALC_COND_BATCH``): once per
+  :class:`RunState` and installs the run's hooks (``hooks.sites``) in its own
+  copy of the model options; when sampling ends, for any reason, logs the
+  summary and drops every cached tensor.
+* :func:`calc_cond_batch_wrapper` (``WrappersMP.CALC_COND_BATCH``): at the
+  run's first model evaluation, plans the whole run from the curve and the
+  sigmas on the model as loaded for it and logs the plan; then, once per
   model evaluation, asks the pure :class:`~.policy.SkipPolicy` whether this
   evaluation may skip. An evaluation whose options differ from the run's own
   (a guidance method calling the model again with layers skipped or patches
@@ -34,7 +35,7 @@ import torch
 from ..calibration.curve import MagnitudeCurve
 from ..hooks import hidden
 from ..hooks.families import Family, Level
-from ..hooks.host import arg, model_sampling_of
+from ..hooks.host import arg
 from ..hooks.sites import Batch, RunHooks
 from ..hooks.wrappers import MAGCACHE_KEY, apply_model_wrapper, run_scope
 from ..hooks.wrappers import attach as attach_wrappers
@@ -111,10 +112,14 @@ class RunState:
     """Everything one sampling run knows; created at its start, dropped at its end."""
 
     config: MagCacheConfig
-    policy: SkipPolicy
-    plan: Plan
+    sigmas: list[float]  # the sampler's schedule for this run
+    roles: tuple[int, ...]  # conditioning roles the plan assumes (cond, and uncond under CFG)
     cache_device: torch.device | None
     hooks: RunHooks = field(init=False)
+    #: Made at the run's first model evaluation, when ComfyUI has loaded the model with this
+    #: run's patches: a noise schedule another node set (an object patch) is then in place.
+    policy: SkipPolicy | None = None
+    plan: Plan | None = None
     disabled: str | None = None  # why skipping is off for this run, if it is
     evaluation: _Evaluation | None = None
     reference: frozenset[tuple[Any, ...]] | None = None  # the run's own options, seen at its first evaluation
@@ -128,6 +133,33 @@ class RunState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- per model evaluation (main thread) -------------------------------------
+    def start(self, model_sampling: Any) -> None:
+        """Plan the run on the schedule of the model as loaded for it; log the plan (or why nothing is skipped)."""
+        config = self.config
+        steps = max(len(self.sigmas) - 1, 0)
+        settings = config.settings_for(model_sampling)
+        self.policy = SkipPolicy(config.curve, settings)
+        self.plan = plan_run(config.curve, settings, self.sigmas, self.roles)
+        if steps and equivalent_steps(model_sampling, self.sigmas) < MIN_STEPS:
+            log.info(
+                "MagCache: %d-step schedule is too short to skip safely (few-step and distilled models); "
+                "computing every step.",
+                steps,
+            )
+            self.disabled = "few-step schedule"
+            self.plan = None
+            return
+        log.info(
+            "MagCache: computing %d of %d steps, ~%.2fx (curve '%s', threshold %g, K %d, retention %g)",
+            self.plan.computed,
+            self.plan.total,
+            self.plan.speedup,
+            config.curve.name,
+            config.threshold,
+            config.max_skips,
+            config.retention,
+        )
+
     def begin_evaluation(self, sigma: float, roles: tuple[int, ...], options: dict[str, Any]) -> None:
         """Decide one model evaluation.
 
@@ -146,7 +178,7 @@ class RunState:
             self.evaluation = _Evaluation(skip=False, variant=True)
             return
         self.evaluations += 1
-        skip = self.policy.decide(sigma, roles)
+        skip = self.policy is not None and self.policy.decide(sigma, roles)
         self.evaluation = _Evaluation(skip=skip and self.disabled is None, variant=False)
 
     def end_evaluation(self) -> None:
@@ -224,6 +256,7 @@ class RunState:
         self.evaluation = None
 
     def summary(self) -> str:
+        assert self.plan is not None
         self.end_evaluation()
         computed = self.evaluations - self.skipped_evaluations
         speed = self.evaluations / computed if computed else 1.0
@@ -280,36 +313,16 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
         return executor(*args, **kwargs)
     sigmas = [float(s) for s in arg("outer_sample", "sigmas", args, kwargs).detach().flatten().cpu().tolist()]
     patcher = guider.model_patcher
-    model_sampling = model_sampling_of(patcher)
-    steps = max(len(sigmas) - 1, 0)
-    if steps and equivalent_steps(model_sampling, sigmas) < MIN_STEPS:
-        log.info(
-            "MagCache: %d-step schedule is too short to skip safely (few-step and distilled models); "
-            "computing every step.",
-            steps,
-        )
-        return executor(*args, **kwargs)
-    settings = config.settings_for(model_sampling)
     roles = (0, 1) if float(getattr(guider, "cfg", 1.0)) != 1.0 else (0,)
-    plan = plan_run(config.curve, settings, sigmas, roles)
     cache_device = torch.device(patcher.offload_device) if config.offload_cache else None
-    run = RunState(config=config, policy=SkipPolicy(config.curve, settings), plan=plan, cache_device=cache_device)
+    run = RunState(config=config, sigmas=sigmas, roles=roles, cache_device=cache_device)
     run.hooks = RunHooks(run, config.family, config.level)
-    log.info(
-        "MagCache: computing %d of %d steps, ~%.2fx (curve '%s', threshold %g, K %d, retention %g)",
-        plan.computed,
-        plan.total,
-        plan.speedup,
-        config.curve.name,
-        config.threshold,
-        config.max_skips,
-        config.retention,
-    )
     try:
         with run_scope(guider, KEY, run.hooks, run):
             return executor(*args, **kwargs)
     finally:
-        log.info(run.summary())
+        if run.plan is not None:
+            log.info(run.summary())
         run.free()
 
 
@@ -328,6 +341,8 @@ def calc_cond_batch_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     sigma = float(arg("calc_cond_batch", "timestep", args, kwargs).reshape(-1)[0])
     conds = arg("calc_cond_batch", "conds", args, kwargs)
     roles = tuple(i for i, c in enumerate(conds) if c is not None)
+    if run.policy is None and run.disabled != "few-step schedule":
+        run.start(arg("calc_cond_batch", "model", args, kwargs).model_sampling)
     run.begin_evaluation(sigma, roles, transformer_options)
     try:
         return executor(*args, **kwargs)

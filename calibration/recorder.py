@@ -34,7 +34,7 @@ import torch
 
 from ..hooks import hidden
 from ..hooks.families import Family, Level
-from ..hooks.host import arg, host_version, model_sampling_of
+from ..hooks.host import arg, host_version
 from ..hooks.sites import Batch, RunHooks
 from ..hooks.wrappers import CALIBRATE_KEY, MAGCACHE_KEY, apply_model_wrapper, run_scope
 from ..hooks.wrappers import attach as attach_wrappers
@@ -215,7 +215,7 @@ def _scheduler_name(model_sampling: Any, sigmas: torch.Tensor) -> str:
 def _settings(guider: Any, sampler: Any, sigmas: torch.Tensor, seed: Any) -> dict[str, Any]:
     """What one run ran with, for the file's metadata."""
     model = guider.model_patcher.model
-    model_sampling = model_sampling_of(guider.model_patcher)
+    model_sampling = model.model_sampling  # as loaded for the run that just ended, patches included
     cfg = getattr(guider, "cfg", None)
     settings: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

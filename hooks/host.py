@@ -1,4 +1,4 @@
-"""Small facts about the running ComfyUI: argument positions, its version, the model's sampling."""
+"""Small facts about the running ComfyUI: argument positions and its version."""
 
 from __future__ import annotations
 
@@ -28,13 +28,3 @@ def host_version() -> str:
         return str(comfyui_version.__version__)
     except ImportError:
         return "(unknown version)"
-
-
-def model_sampling_of(patcher: Any) -> Any:
-    """The model's sampling object as this run will use it.
-
-    Other nodes (ModelSamplingSD3, ModelSamplingFlux, ...) change it with an
-    object patch that ComfyUI applies only when the model is loaded for the
-    run; reading the patch first makes their shift count in this very run.
-    """
-    return patcher.get_model_object("model_sampling")

@@ -504,23 +504,24 @@ def test_17_a_changed_noise_schedule_counts_in_the_very_run_that_uses_it(wan, ma
     """ModelSamplingSD3 after MagCache: the plan reads the shifted schedule; nothing carries to the next run."""
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
+    default_sampling = wan.patcher.model.model_sampling  # shift 8, Wan's default; read before any other shift
     patched = magcache(wan.patcher, retention=0.5)
     first = run(wan, patched)
-    (shifted,) = ModelSamplingSD3().patch(patched, 8.0)
+    (shifted,) = ModelSamplingSD3().patch(patched, 1.0)
     run(wan, shifted)
-    # Retention 0.5 of the shifted schedule: the plan line of that run was built on shift 8.0 sigmas.
+    # Retention 0.5 of the shifted schedule: the plan line of that run was built on shift 1.0 sigmas.
     sampling = shifted.get_model_object("model_sampling")
     config = patched.model_options["transformer_options"][engine.KEY]
     sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", STEPS).tolist()
     expected = engine.plan_run(config.curve, config.settings_for(sampling), sigmas, (0, 1))
     assert plans(magcache_log.text)[-1] == (expected.computed, expected.total)
-    unshifted = wan.patcher.model.model_sampling
     stale = engine.plan_run(
         config.curve,
-        config.settings_for(unshifted),
-        comfy.samplers.calculate_sigmas(unshifted, "simple", STEPS).tolist(),
+        config.settings_for(default_sampling),
+        comfy.samplers.calculate_sigmas(default_sampling, "simple", STEPS).tolist(),
         (0, 1),
     )
     assert stale.skips != expected.skips, "the test needs a shift that changes the plan"
-    # The same prompt gives the same output whatever ran before it.
+    # The same prompt gives the same output whatever ran before it, and its plan is again shift 8's.
     assert torch.equal(run(wan, patched), first)
+    assert plans(magcache_log.text)[-1] == (stale.computed, stale.total)
