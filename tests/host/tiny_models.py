@@ -562,6 +562,8 @@ def _build_lumina2(seed: int) -> TinyModel:
     cfg = _detected(
         {
             "cap_embedder.1.weight": (2304, 2304),
+            # ComfyUI 0.33 detects Lumina 2 by this key too (0.3.64 and 0.8 by the embedder alone).
+            "noise_refiner.0.attention.k_norm.weight": (64,),
             "layers.0.attention.qkv.weight": (1, 1),
             "layers.1.attention.qkv.weight": (1, 1),
         }
