@@ -212,7 +212,6 @@ FAMILIES: tuple[Family, ...] = (
     _stand_in("Krea 2", ("comfy.ldm.krea2.model.SingleStreamDiT",), (), _OUTPUT),
     _stand_in("Ideogram 4", ("Ideogram4Transformer",), (), _OUTPUT),
     _stand_in("PixelDiT", ("PixDiT_T2I",), (), _OUTPUT),
-    _stand_in("ACE-Step", ("ACEStepTransformer2DModel",), (), _OUTPUT),
     # EDM / v-prediction models: a flow model's curve does not fit; calibrate first.
     Family("Cosmos 1", ("GeneralDIT",)),
     Family("CogVideoX", ("CogVideoXTransformer3DModel",)),
@@ -221,7 +220,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("OmniGen 2 / Boogu", ("OmniGen2Transformer2DModel", "BooguTransformer2DModel"), unsupported=_NO_HOOKS),
     Family("ERNIE-Image", ("ErnieImageModel",), unsupported=_NO_HOOKS),
     Family("ACE-Step 1.5", ("AceStepConditionGenerationModel",), unsupported=_NO_HOOKS),
-    Family("Stable Audio", ("AudioDiffusionTransformer",), unsupported="audio model: out of this pack's scope"),
+    Family(
+        "Stable Audio / ACE-Step",
+        ("AudioDiffusionTransformer", "ACEStepTransformer2DModel"),
+        unsupported="audio models are out of this pack's scope",
+    ),
     Family(
         "Hunyuan3D 2.1",
         ("HunYuanDiTPlain",),
