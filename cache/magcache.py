@@ -218,15 +218,20 @@ class RunState:
         if r is None and len(batch.uuids) == 1:
             r = self.residuals.get(batch.uuids[0])
         if r is None or hidden.shape(r) != shape:
-            r = self._assemble(batch.uuids, shape)
+            r = self._assemble(batch.uuids, shape, device)
         if r is None:
             with self.lock:
                 self.forced += 1
             return None
         return hidden.to(r, device)
 
-    def _assemble(self, uuids: tuple[Any, ...], shape: tuple[tuple[int, ...], ...]) -> torch.Tensor | None:
-        """A batch's residual from per-conditioning ones, for a batch put together differently than when cached."""
+    def _assemble(
+        self, uuids: tuple[Any, ...], shape: tuple[tuple[int, ...], ...], device: torch.device
+    ) -> torch.Tensor | None:
+        """A batch's residual from per-conditioning ones, for a batch put together differently than when cached.
+
+        The pieces may live on different GPUs (MultiGPU CFG split): each is moved to ``device`` first.
+        """
         n = len(uuids)
         if n == 0 or len(shape) != 1 or not shape[0] or shape[0][0] % n:
             return None
@@ -234,7 +239,7 @@ class RunState:
         parts = [self.residuals.get(u) for u in uuids]
         if any(not isinstance(p, torch.Tensor) or tuple(p.shape) != want for p in parts):
             return None
-        return torch.cat(parts)  # type: ignore[arg-type]
+        return torch.cat([p.to(device, non_blocking=True) for p in parts])  # type: ignore[union-attr]
 
     def store(self, batch: Batch, residual: hidden.Hidden) -> None:
         if self.cache_device is not None:

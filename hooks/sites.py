@@ -101,6 +101,7 @@ class RunHooks:
         self.level = level
         self.all_blocks = all_blocks
         self._local = threading.local()
+        self._lock = threading.Lock()
         #: Where the last stack holds the image tokens, once known for this run.
         self.tokens: Tokens | None = None
         #: Output level: the channels of the model's output, once seen.
@@ -155,8 +156,11 @@ class RunHooks:
 
     def fail(self, assumption: str) -> None:
         """A check failed: skipping off for this run, one log line naming model, assumption and host."""
-        if self.broken is None:
-            self.broken = assumption
+        with self._lock:
+            first = self.broken is None
+            if first:
+                self.broken = assumption
+        if first:
             log.warning(
                 "MagCache: %s on ComfyUI %s: %s; skipping switched off for this run",
                 self.family.name,
