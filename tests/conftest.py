@@ -2,7 +2,7 @@
 
 The pack's folder name depends on how it was cloned, and its top-level
 ``__init__`` imports the nodes (and so ComfyUI). The pure tests need neither:
-they load submodules such as ``comfyui_magcache.nodes.policy`` directly.
+they load submodules such as ``comfyui_magcache.cache.policy`` directly.
 """
 
 from __future__ import annotations
