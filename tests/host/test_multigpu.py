@@ -57,6 +57,7 @@ bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import logging
 import re
@@ -113,10 +114,23 @@ def _two_cpus(exclude_current: bool = False) -> list[torch.device]:
     return devices
 
 
+def _drop_dead_loaded_models() -> None:
+    """Forget loaded-model entries whose patcher was garbage-collected by earlier tests.
+
+    ComfyUI 0.33's ``create_multigpu_deepclones`` reads ``.model`` on every entry of
+    ``loaded_models()``, which lists ``None`` for such entries and fails the split. In a
+    server the executor keeps its patchers alive; in a test session models come and go.
+    """
+    gc.collect()
+    mm = comfy.model_management
+    mm.current_loaded_models[:] = [m for m in mm.current_loaded_models if m.model is not None]
+
+
 def split(model: Any) -> Any:
     """Apply the "MultiGPU CFG Split" node (max_gpus 2) as a workflow would, with two devices to split over."""
     from comfy_extras.nodes_multigpu import MultiGPUCFGSplitNode
 
+    _drop_dead_loaded_models()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(comfy.model_management, "get_all_torch_devices", _two_cpus)
         (patched,) = MultiGPUCFGSplitNode.execute(model, 2).result
