@@ -118,8 +118,9 @@ class RunState:
     hooks: RunHooks = field(init=False)
     #: Made at the run's first model evaluation, when ComfyUI has loaded the model with this
     #: run's patches: a noise schedule another node set (an object patch) is then in place.
+    started: bool = False
     policy: SkipPolicy | None = None
-    plan: Plan | None = None
+    plan: Plan | None = None  # None after the start too when the schedule is few-step
     disabled: str | None = None  # why skipping is off for this run, if it is
     evaluation: _Evaluation | None = None
     reference: frozenset[tuple[Any, ...]] | None = None  # the run's own options, seen at its first evaluation
@@ -135,11 +136,9 @@ class RunState:
     # -- per model evaluation (main thread) -------------------------------------
     def start(self, model_sampling: Any) -> None:
         """Plan the run on the schedule of the model as loaded for it; log the plan (or why nothing is skipped)."""
+        self.started = True
         config = self.config
         steps = max(len(self.sigmas) - 1, 0)
-        settings = config.settings_for(model_sampling)
-        self.policy = SkipPolicy(config.curve, settings)
-        self.plan = plan_run(config.curve, settings, self.sigmas, self.roles)
         if steps and equivalent_steps(model_sampling, self.sigmas) < MIN_STEPS:
             log.info(
                 "MagCache: %d-step schedule is too short to skip safely (few-step and distilled models); "
@@ -147,8 +146,10 @@ class RunState:
                 steps,
             )
             self.disabled = "few-step schedule"
-            self.plan = None
             return
+        settings = config.settings_for(model_sampling)
+        self.policy = SkipPolicy(config.curve, settings)
+        self.plan = plan_run(config.curve, settings, self.sigmas, self.roles)
         log.info(
             "MagCache: computing %d of %d steps, ~%.2fx (curve '%s', threshold %g, K %d, retention %g)",
             self.plan.computed,
@@ -346,7 +347,7 @@ def calc_cond_batch_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     sigma = float(arg("calc_cond_batch", "timestep", args, kwargs).reshape(-1)[0])
     conds = arg("calc_cond_batch", "conds", args, kwargs)
     roles = tuple(i for i, c in enumerate(conds) if c is not None)
-    if run.policy is None and run.disabled != "few-step schedule":
+    if not run.started:
         run.start(arg("calc_cond_batch", "model", args, kwargs).model_sampling)
     run.begin_evaluation(sigma, roles, transformer_options)
     try:

@@ -220,29 +220,25 @@ class RunHooks:
 
     def residual(self, x_in: hidden.Hidden, y: hidden.Hidden) -> hidden.Hidden | None:
         """What the stack added to the image tokens, ``y - x_in``; None (and the run stopped) if they do not line up."""
-        if isinstance(x_in, tuple) or isinstance(y, tuple):
-            if hidden.shape(y) != hidden.shape(x_in):
-                self.fail(
-                    f"the block stack's output {hidden.shape(y)} does not line up with its input {hidden.shape(x_in)}"
-                )
-                return None
-            return hidden.sub(y, x_in)
-        tokens = self.stacks[-1].tokens
-        if tokens is Tokens.FIND:
-            tokens = self.tokens if len(self.stacks) > 1 else None
-            if tokens is None:
-                if self.broken is None:
-                    self.fail("the position of the image tokens in the single-stream blocks was not found")
-                return None
-        n = x_in.shape[1]
-        if tokens is Tokens.HEAD:
-            y = y[:, :n]
-        elif tokens is Tokens.TAIL:
-            y = y[:, y.shape[1] - n :]
-        if y.shape != x_in.shape:
-            self.fail(f"the block stack's output {tuple(y.shape)} does not line up with its input {tuple(x_in.shape)}")
+        if not isinstance(y, tuple):  # a joint stack's tensor is cut to the image tokens first
+            tokens = self.stacks[-1].tokens
+            if tokens is Tokens.FIND:
+                tokens = self.tokens if len(self.stacks) > 1 else None
+                if tokens is None:
+                    if self.broken is None:
+                        self.fail("the position of the image tokens in the single-stream blocks was not found")
+                    return None
+            n = hidden.primary(x_in).shape[1]
+            if tokens is Tokens.HEAD:
+                y = y[:, :n]
+            elif tokens is Tokens.TAIL:
+                y = y[:, y.shape[1] - n :]
+        if hidden.shape(y) != hidden.shape(x_in):
+            self.fail(
+                f"the block stack's output {hidden.shape(y)} does not line up with its input {hidden.shape(x_in)}"
+            )
             return None
-        return y - x_in
+        return hidden.sub(y, x_in)
 
     # -- output level -------------------------------------------------------------
     def _output_wrapper(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
