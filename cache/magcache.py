@@ -32,14 +32,14 @@ from typing import Any
 
 import torch
 
-from ..calibration.curve import MagnitudeCurve
 from ..hooks import hidden
-from ..hooks.families import Family, Level
+from ..hooks.families import Level
 from ..hooks.host import arg
 from ..hooks.sites import Batch, RunHooks
 from ..hooks.wrappers import MAGCACHE_KEY, apply_model_wrapper, run_scope
 from ..hooks.wrappers import attach as attach_wrappers
-from .policy import Plan, SkipPolicy, SkipSettings, plan_run
+from .config import MagCacheConfig
+from .policy import Plan, SkipPolicy, plan_run
 
 log = logging.getLogger("comfyui-magcache")
 
@@ -57,31 +57,6 @@ _RUN_BREAKERS = {
 #: ``transformer_options`` entries that legitimately differ between the
 #: evaluations of one run, and so do not make an evaluation a variant.
 _PER_CALL_OPTIONS = frozenset({"sample_sigmas", KEY})
-
-
-@dataclass(frozen=True)
-class MagCacheConfig:
-    """What the node decided; immutable, shared by every run of the patched model."""
-
-    curve: MagnitudeCurve
-    family: Family
-    threshold: float
-    max_skips: int
-    retention: float
-    start: float = 0.0
-    end: float = 1.0
-    offload_cache: bool = False
-    level: Level = Level.BLOCK
-
-    def settings_for(self, model_sampling: Any) -> SkipSettings:
-        """Resolve schedule fractions to sigmas of this model's sampling."""
-        first_skippable = max(self.retention, self.start)
-        return SkipSettings(
-            threshold=self.threshold,
-            max_skips=self.max_skips,
-            skip_below_sigma=float(model_sampling.percent_to_sigma(first_skippable)),
-            compute_below_sigma=float(model_sampling.percent_to_sigma(self.end)) if self.end < 1.0 else 0.0,
-        )
 
 
 @dataclass

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..cache.magcache import MagCacheConfig, attach
+from ..cache.config import MagCacheConfig
+from ..cache.magcache import attach
 from ..calibration import catalog
 from ..calibration.curve import MagnitudeCurve
 from ..hooks.families import Family, Level, describe_unsupported, family_of, model_width

@@ -1,0 +1,88 @@
+"""What the MagCache node decided, as one immutable value, and the choices it offers.
+
+A cached run has three parts, each chosen here and each one file in this package:
+
+* **when** the stack is computed (:class:`When`): the paper's threshold rule
+  (``policy.py``), a plan that computes a given share of the calls and places
+  them where the curve predicts the least error (``planner.py``), a uniform
+  schedule, or an adaptive one that reacts to how much the residual changes
+  (``adaptive.py``);
+* **what** a skipped call reuses (:class:`Reuse`, ``reuse.py``): the last
+  residual as it is, scaled by the curve's ratio, or extrapolated from the
+  last two computed ones;
+* **which branches** a computed call runs (``cfg_cache``, ``branches.py``):
+  both, or, on every other computed call, only the conditional one with the
+  unconditional rebuilt from the cached difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from ..calibration.curve import MagnitudeCurve
+from ..hooks.families import Family, Level
+from .policy import SkipSettings
+
+
+class When(str, Enum):
+    """When the block stack is computed; the values are what the node shows."""
+
+    TARGET = "speed target"  # compute total/speed calls, placed where the curve predicts least error
+    RULE = "MagCache rule"  # the paper: accumulated |1 - ratio| below the threshold, at most K skips
+    ADAPTIVE = "adaptive (AdaCache)"  # reuse count from the measured residual change, around the speed
+    UNIFORM = "uniform"  # every k-th call, k from the speed
+
+
+class Reuse(str, Enum):
+    """What a skipped call adds in place of the stack; the values are what the node shows."""
+
+    PLAIN = "plain"  # the last computed residual (the paper)
+    SCALED = "scaled"  # the last residual times the magnitude ratio the curve predicts since it
+    EXTRAPOLATED = "extrapolated (FasterCache)"  # linear in sigma from the last two computed residuals
+
+
+#: The node's defaults: the combination the quality benchmark found best at 2x (benchmarks/results/RESULTS.md).
+DEFAULT_WHEN = When.TARGET
+DEFAULT_SPEED = 2.0
+DEFAULT_REUSE = Reuse.PLAIN
+DEFAULT_CFG_CACHE = False
+
+
+@dataclass(frozen=True)
+class MagCacheConfig:
+    """What the node decided; immutable, shared by every run of the patched model.
+
+    ``threshold`` and ``max_skips`` (K) drive the rule; ``speed`` (calls per
+    computed call, block-stack and branch savings together) drives the other
+    schedules, which also keep at most K skips in a row. ``retention``: the
+    first fraction of the schedule is always computed; ``start``/``end``
+    narrow the skippable window further.
+    """
+
+    curve: MagnitudeCurve
+    family: Family
+    threshold: float
+    max_skips: int
+    retention: float
+    start: float = 0.0
+    end: float = 1.0
+    offload_cache: bool = False
+    level: Level = Level.BLOCK
+    when: When = When.RULE
+    speed: float = DEFAULT_SPEED
+    reuse: Reuse = Reuse.PLAIN
+    cfg_cache: bool = False
+
+    def settings_for(self, model_sampling: Any) -> SkipSettings:
+        """The rule's settings with the window resolved to sigmas of this model's sampling."""
+        skip_below, compute_below = self.window(model_sampling)
+        return SkipSettings(self.threshold, self.max_skips, skip_below, compute_below)
+
+    def window(self, model_sampling: Any) -> tuple[float, float]:
+        """The skippable window as sigmas ``(skip_below, compute_below)`` of this model's sampling."""
+        first_skippable = max(self.retention, self.start)
+        skip_below = float(model_sampling.percent_to_sigma(first_skippable))
+        compute_below = float(model_sampling.percent_to_sigma(self.end)) if self.end < 1.0 else 0.0
+        return skip_below, compute_below
