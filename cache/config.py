@@ -74,6 +74,8 @@ class MagCacheConfig:
     speed: float = DEFAULT_SPEED
     reuse: Reuse = Reuse.PLAIN
     cfg_cache: bool = False
+    #: The node's id in the page, where the plan and the summary of each run are shown (None: log only).
+    node_id: str | None = None
 
     def settings_for(self, model_sampling: Any) -> SkipSettings:
         """The rule's settings with the window resolved to sigmas of this model's sampling."""

@@ -34,7 +34,7 @@ import torch
 
 from ..hooks import hidden
 from ..hooks.families import Level
-from ..hooks.host import arg
+from ..hooks.host import arg, show_text
 from ..hooks.sites import Batch, RunHooks
 from ..hooks.wrappers import MAGCACHE_KEY, apply_model_wrapper, run_scope
 from ..hooks.wrappers import attach as attach_wrappers
@@ -125,16 +125,13 @@ class RunState:
         settings = config.settings_for(model_sampling)
         self.policy = SkipPolicy(config.curve, settings)
         self.plan = plan_run(config.curve, settings, self.sigmas, self.roles)
-        log.info(
-            "MagCache: computing %d of %d steps, ~%.2fx (curve '%s', threshold %g, K %d, retention %g)",
-            self.plan.computed,
-            self.plan.total,
-            self.plan.speedup,
-            config.curve.name,
-            config.threshold,
-            config.max_skips,
-            config.retention,
+        text = (
+            f"MagCache: computing {self.plan.computed} of {self.plan.total} steps, ~{self.plan.speedup:.2f}x "
+            f"(curve '{config.curve.name}', threshold {config.threshold:g}, K {config.max_skips}, "
+            f"retention {config.retention:g})"
         )
+        log.info(text)
+        show_text(config.node_id, text)
 
     def begin_evaluation(self, sigma: float, roles: tuple[int, ...], options: dict[str, Any]) -> None:
         """Decide one model evaluation.
@@ -303,7 +300,9 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
             return executor(*args, **kwargs)
     finally:
         if run.plan is not None:
-            log.info(run.summary())
+            summary = run.summary()
+            log.info(summary)
+            show_text(config.node_id, summary)
         run.free()
 
 

@@ -28,3 +28,21 @@ def host_version() -> str:
         return str(comfyui_version.__version__)
     except ImportError:
         return "(unknown version)"
+
+
+def show_text(node_id: str | None, text: str) -> None:
+    """Show ``text`` in the box of node ``node_id`` in the page (ComfyUI's progress text).
+
+    A no-op without a node id or outside a server (tests, scripts): the log
+    line the caller also writes is then the only record.
+    """
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    send = getattr(server, "send_progress_text", None)
+    if send is not None:
+        send(text, node_id)
