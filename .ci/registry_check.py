@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MUST_SHIP = ("__init__.py", "LICENSE", "pyproject.toml", "embedded/tiny_wan_digits.safetensors",
+MUST_SHIP = ("__init__.py", "LICENSE", "pyproject.toml", "embedded/diffusion_models/tiny_wan_digits.safetensors",
              "embedded/tiny_wan_digits_codec.safetensors")  # fmt: skip
 MUST_SHIP_GLOBS = ("calibration/presets/*.safetensors", "example_workflows/*.json")
 

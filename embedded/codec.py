@@ -32,8 +32,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual name)
 
-#: The shipped files of the embedded default, next to this module (one place that names them).
-MODEL_FILE = Path(__file__).resolve().parent / "tiny_wan_digits.safetensors"
+#: The shipped files of the embedded default, next to this module (one place that names them). The model
+#: sits in a folder of its own, which ``model_folder.py`` adds to ComfyUI's diffusion-model folders.
+MODEL_FILE = Path(__file__).resolve().parent / "diffusion_models" / "tiny_wan_digits.safetensors"
 CODEC_FILE = Path(__file__).resolve().parent / "tiny_wan_digits_codec.safetensors"
 
 #: Canvas side in pixels, frames per clip, pixels per latent cell.

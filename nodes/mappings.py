@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..embedded import model_folder  # noqa: F401 (lists the embedded tiny model in "Load Diffusion Model")
 from .calibrate_node import MagCacheCalibrate, MagCacheCurvePlot
 from .demo_nodes import MagCacheDemoDecode, MagCacheDemoPrompt
 from .magcache_node import MagCacheApply

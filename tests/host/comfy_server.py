@@ -38,7 +38,7 @@ from comfy_host import PACK_ROOT, comfyui_version
 #: The folder name under custom_nodes/: also the name the template browser shows.
 PACK_DIR_NAME = "comfyui-magcache"
 #: The embedded tiny model and the name it has in models/diffusion_models/.
-TINY_MODEL = PACK_ROOT / "embedded" / "tiny_wan_digits.safetensors"
+TINY_MODEL = PACK_ROOT / "embedded" / "diffusion_models" / "tiny_wan_digits.safetensors"
 EXAMPLES = PACK_ROOT / "example_workflows"
 #: The example that runs end to end on the embedded model.
 TINY_WORKFLOW = EXAMPLES / "magcache_tiny_wan_digits_cpu.json"
