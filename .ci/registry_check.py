@@ -7,7 +7,9 @@ runs its security lint; it reports problems as "Warning"/"Error" lines but
 still exits 0, so any such line counts as a failure here. The archive is
 built from a clone of the committed tree (what a registry build of the
 repository would see), and must hold the shipped tiny model, its codec, every
-preset curve and every example workflow.
+preset curve, every example workflow with its thumbnail, the help pages and
+the translations, and no file of the tests, the benchmarks or CI (what
+.comfyignore leaves out).
 
 Usage: python .ci/registry_check.py   (exit status 0 when everything passes)
 """
@@ -25,7 +27,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MUST_SHIP = ("__init__.py", "LICENSE", "pyproject.toml", "embedded/diffusion_models/tiny_wan_digits.safetensors",
              "embedded/tiny_wan_digits_codec.safetensors")  # fmt: skip
-MUST_SHIP_GLOBS = ("calibration/presets/*.safetensors", "example_workflows/*.json")
+MUST_SHIP_GLOBS = ("calibration/presets/*.safetensors", "example_workflows/*.json", "example_workflows/*.jpg",
+                   "nodes/web/docs/*.md", "nodes/web/docs/*/*.md", "locales/*/*.json")  # fmt: skip
+#: What users never need (.comfyignore leaves it out): a file under these folders, or any test module.
+MUST_NOT_SHIP_DIRS = ("tests/", "benchmarks/", ".ci/", ".github/")
+
+
+def developer_files(names: set[str]) -> list[str]:
+    """The archive's files that belong to the test suite, the benchmarks or CI, wherever they sit."""
+    found = []
+    for name in sorted(names):
+        base = name.rsplit("/", 1)[-1]
+        if (
+            name.startswith(MUST_NOT_SHIP_DIRS)
+            or base == "conftest.py"
+            or (base.startswith("test_") and base.endswith(".py"))
+        ):
+            found.append(name)
+    return found
 
 
 def comfy_cli() -> list[str] | None:
@@ -71,14 +90,19 @@ def main() -> int:
         for pattern in MUST_SHIP_GLOBS:
             wanted |= {str(p.relative_to(clone)) for p in clone.glob(pattern)}
         missing = sorted(wanted - names)
+        extra = developer_files(names)
+        if extra:
+            print(f"!! the registry archive holds test, benchmark or CI files (.comfyignore): {', '.join(extra)}")
+            failures += 1
         if missing:
             print(f"!! the registry archive lacks: {', '.join(missing)}")
             failures += 1
-        else:
+        if not missing and not extra:
             size = archive.stat().st_size / 1e6
             presets = sum(n.startswith("calibration/presets/") for n in names)
             print(f"registry archive: {len(names)} files, {size:.1f} MB, with the tiny model, its codec, {presets} "
-                  "preset files and the examples")  # fmt: skip
+                  "preset files, the examples and their thumbnails, the help pages and translations; no test, "
+                  "benchmark or CI file")  # fmt: skip
     return 1 if failures else 0
 
 
