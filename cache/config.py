@@ -23,6 +23,7 @@ from typing import Any
 
 from ..calibration.curve import MagnitudeCurve
 from ..hooks.families import Family, Level
+from .planner import ErrorModel
 from .policy import SkipSettings
 
 
@@ -50,6 +51,10 @@ DEFAULT_REUSE = Reuse.PLAIN
 DEFAULT_CFG_CACHE = False
 
 
+#: Fraction of the schedule within which a call counts as on a window bound (1.5 of 1000 model timesteps).
+PERCENT_SLACK = 0.0015
+
+
 @dataclass(frozen=True)
 class MagCacheConfig:
     """What the node decided; immutable, shared by every run of the patched model.
@@ -74,6 +79,8 @@ class MagCacheConfig:
     speed: float = DEFAULT_SPEED
     reuse: Reuse = Reuse.PLAIN
     cfg_cache: bool = False
+    #: How the speed-target planner predicts the error of a reuse (the benchmark compares them).
+    error_model: ErrorModel = ErrorModel.STEP
     #: The node's id in the page, where the plan and the summary of each run are shown (None: log only).
     node_id: str | None = None
 
@@ -83,8 +90,15 @@ class MagCacheConfig:
         return SkipSettings(self.threshold, self.max_skips, skip_below, compute_below)
 
     def window(self, model_sampling: Any) -> tuple[float, float]:
-        """The skippable window as sigmas ``(skip_below, compute_below)`` of this model's sampling."""
+        """The skippable window as sigmas ``(skip_below, compute_below)`` of this model's sampling.
+
+        A call whose place on the schedule is within :data:`PERCENT_SLACK` of
+        a bound counts as on it: schedulers land calls on the model's own
+        timestep grid (1000 points), so the call meant for "20%" of 30 steps
+        sits at 19.9%; it is the first skippable call, as it is at 50 steps.
+        """
         first_skippable = max(self.retention, self.start)
-        skip_below = float(model_sampling.percent_to_sigma(first_skippable))
-        compute_below = float(model_sampling.percent_to_sigma(self.end)) if self.end < 1.0 else 0.0
-        return skip_below, compute_below
+        skip_below = float(model_sampling.percent_to_sigma(max(first_skippable - PERCENT_SLACK, 0.0)))
+        if self.end >= 1.0:
+            return skip_below, 0.0
+        return skip_below, float(model_sampling.percent_to_sigma(max(self.end - PERCENT_SLACK, 0.0)))

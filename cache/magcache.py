@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -34,12 +35,16 @@ import torch
 
 from ..hooks import hidden
 from ..hooks.families import Level
-from ..hooks.host import arg, show_text
+from ..hooks.host import arg, show_text, with_arg
 from ..hooks.sites import Batch, RunHooks
 from ..hooks.wrappers import MAGCACHE_KEY, apply_model_wrapper, run_scope
 from ..hooks.wrappers import attach as attach_wrappers
-from .config import MagCacheConfig
-from .policy import Plan, SkipPolicy, plan_run
+from . import reuse
+from .adaptive import AdaptiveSchedule
+from .branches import CfgCache
+from .config import MagCacheConfig, When
+from .planner import PlannedSchedule, computed_budget, forced_calls, plan_for_speed, uniform_skips
+from .policy import Plan, Schedule, SkipPolicy, SkipSettings, simulate
 
 log = logging.getLogger("comfyui-magcache")
 
@@ -65,7 +70,35 @@ class _Evaluation:
 
     skip: bool
     variant: bool
+    sigma: float = 0.0
+    progress: float = 0.0  # 0..1 through the run's schedule
+    roles: tuple[int, ...] = ()
     computed: bool = False
+    cond_only: bool = False  # CFG-Cache ran only the conditional branch
+    change: torch.Tensor | None = None  # the residual's relative change, for an adaptive schedule
+
+
+def make_schedule(config: MagCacheConfig, settings: SkipSettings, sigmas: list[float],
+                  roles: tuple[int, ...]) -> Callable[[], Schedule]:
+    """A factory of fresh schedules of the kind the config names (one for the plan, one for the run)."""
+    if config.when is When.RULE:
+        return partial(SkipPolicy, config.curve, settings)
+    calls = tuple(float(s) for s in sigmas[:-1])
+    forced = forced_calls(list(calls), settings)
+    budget = computed_budget(len(calls), config.speed)
+    if config.cfg_cache and len(roles) > 1:
+        # Counted in branch runs: forced calls run both branches, the others alternate full and cond-only.
+        units = len(calls) * len(roles) / max(config.speed, 1.0)
+        n_forced = sum(forced)
+        free = max(0.0, units - n_forced * len(roles)) / ((len(roles) + 1) / 2)
+        budget = min(len(calls), n_forced + int(free + 1e-9))
+    if config.when is When.ADAPTIVE:
+        return partial(AdaptiveSchedule, settings, calls, budget)
+    if config.when is When.UNIFORM:
+        skips = uniform_skips(len(calls), budget, forced)
+    else:
+        skips = plan_for_speed(config.curve, settings, sigmas, roles, budget, config.error_model)
+    return partial(PlannedSchedule, calls, skips)
 
 
 def _signature(options: Any, path: tuple[Any, ...] = ()) -> frozenset[tuple[Any, ...]]:
@@ -94,16 +127,21 @@ class RunState:
     #: Made at the run's first model evaluation, when ComfyUI has loaded the model with this
     #: run's patches: a noise schedule another node set (an object patch) is then in place.
     started: bool = False
-    policy: SkipPolicy | None = None
+    schedule: Schedule | None = None
+    settings: SkipSettings | None = None
+    estimator: reuse.Estimator = field(default_factory=reuse.PlainReuse)
+    cfg: CfgCache | None = None
     plan: Plan | None = None  # None after the start too when the schedule is few-step
     disabled: str | None = None  # why skipping is off for this run, if it is
     evaluation: _Evaluation | None = None
     reference: frozenset[tuple[Any, ...]] | None = None  # the run's own options, seen at its first evaluation
     #: Cached residual per conditioning uuid, and per whole batch (by its uuids) for the one-add path.
-    residuals: dict[Any, hidden.Hidden] = field(default_factory=dict)
-    by_batch: dict[tuple[Any, ...], hidden.Hidden] = field(default_factory=dict)
+    residuals: dict[Any, reuse.Entry] = field(default_factory=dict)
+    by_batch: dict[tuple[Any, ...], reuse.Entry] = field(default_factory=dict)
     evaluations: int = 0
     skipped_evaluations: int = 0
+    branch_runs: int = 0  # branches computed (a full call under CFG counts 2, a cond-only call 1)
+    branch_total: int = 0  # branches an uncached run computes
     variants: int = 0
     forced: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -122,13 +160,21 @@ class RunState:
             )
             self.disabled = "few-step schedule"
             return
-        settings = config.settings_for(model_sampling)
-        self.policy = SkipPolicy(config.curve, settings)
-        self.plan = plan_run(config.curve, settings, self.sigmas, self.roles)
+        self.settings = settings = config.settings_for(model_sampling)
+        fresh = make_schedule(config, settings, self.sigmas, self.roles)
+        self.schedule = fresh()
+        self.plan = simulate(fresh(), self.sigmas, self.roles)
+        self.estimator = reuse.make(config.reuse, config.curve)
+        if config.cfg_cache and len(self.roles) > 1:
+            self.cfg = CfgCache()
+        if config.when is When.RULE:
+            how = f"threshold {config.threshold:g}"
+        else:
+            how = f"{config.when.value} {config.speed:g}x"
         text = (
             f"MagCache: computing {self.plan.computed} of {self.plan.total} steps, ~{self.plan.speedup:.2f}x "
-            f"(curve '{config.curve.name}', threshold {config.threshold:g}, K {config.max_skips}, "
-            f"retention {config.retention:g})"
+            f"({how}, reuse {config.reuse.value}{', CFG-Cache' if self.cfg else ''}, K {config.max_skips}, "
+            f"retention {config.retention:g}, curve '{config.curve.name}'); computed: {self.plan.pattern()}"
         )
         log.info(text)
         show_text(config.node_id, text)
@@ -151,14 +197,28 @@ class RunState:
             self.evaluation = _Evaluation(skip=False, variant=True)
             return
         self.evaluations += 1
-        skip = self.policy is not None and self.policy.decide(sigma, roles)
-        self.evaluation = _Evaluation(skip=skip and self.disabled is None, variant=False)
+        self.branch_total += len(roles)
+        skip = self.schedule is not None and self.schedule.decide(sigma, roles)
+        first, last = self.sigmas[0], self.sigmas[-1]
+        progress = (first - sigma) / (first - last) if first != last else 0.0
+        self.evaluation = _Evaluation(skip=skip and self.disabled is None, variant=False, sigma=sigma,
+                                      progress=min(max(progress, 0.0), 1.0), roles=roles)
 
-    def end_evaluation(self) -> None:
+    def end_evaluation(self, motion: torch.Tensor | None = None) -> None:
+        """Count the evaluation; after a computed one, hand an adaptive schedule its two measurements."""
         ev = self.evaluation
-        if ev is not None and not ev.variant and not ev.computed:
-            self.skipped_evaluations += 1
         self.evaluation = None
+        if ev is None or ev.variant:
+            return
+        if not ev.computed:
+            self.skipped_evaluations += 1
+            return
+        self.branch_runs += 1 if ev.cond_only else len(ev.roles)
+        if self.schedule is not None and self.schedule.measures and ev.change is not None:
+            m = motion if motion is not None else torch.zeros((), device=ev.change.device)
+            # The one read from the device per computed evaluation (never per block).
+            change, moved = torch.stack((ev.change.float(), m.to(ev.change.device).float())).tolist()
+            self.schedule.observe(change, moved)
 
     def disable(self, reason: str) -> None:
         with self.lock:
@@ -181,57 +241,80 @@ class RunState:
         if ev is not None and not batch.skipping:
             ev.computed = True
 
-    def cached(self, batch: Batch, shape: tuple[tuple[int, ...], ...], device: torch.device) -> hidden.Hidden | None:
-        """The residual of the batch's conditionings, or None when one of them has none that fits.
+    def cached(
+        self, batch: Batch, shape: tuple[tuple[int, ...], ...], device: torch.device
+    ) -> reuse.Terms | None:
+        """What the batch's conditionings add, from their cached residuals, or None when one has none that fits.
 
-        It is moved to ``device``: a no-op unless it was kept on the offload
-        device or another GPU computed it (MultiGPU CFG split).
+        The residuals are moved to ``device``: a no-op unless they were kept on
+        the offload device or another GPU computed them (MultiGPU CFG split).
         """
-        r = self.by_batch.get(batch.uuids)
-        if r is None and len(batch.uuids) == 1:
-            r = self.residuals.get(batch.uuids[0])
-        if r is None or hidden.shape(r) != shape:
-            r = self._assemble(batch.uuids, shape, device)
-        if r is None:
+        entry = self.by_batch.get(batch.uuids)
+        if entry is None and len(batch.uuids) == 1:
+            entry = self.residuals.get(batch.uuids[0])
+        if entry is None or hidden.shape(entry.last) != shape:
+            entry = self._assemble(batch.uuids, shape, device)
+        ev = self.evaluation
+        if entry is None or ev is None:
             with self.lock:
                 self.forced += 1
             return None
-        return hidden.to(r, device)
+        return [(c, hidden.to(t, device)) for c, t in self.estimator.terms(entry, ev.sigma, ev.progress)]
 
     def _assemble(
         self, uuids: tuple[Any, ...], shape: tuple[tuple[int, ...], ...], device: torch.device
-    ) -> torch.Tensor | None:
-        """A batch's residual from per-conditioning ones, for a batch put together differently than when cached.
+    ) -> reuse.Entry | None:
+        """A batch's entry from per-conditioning ones, for a batch put together differently than when cached.
 
-        The pieces may live on different GPUs (MultiGPU CFG split): each is moved to ``device`` first.
+        The pieces may live on different GPUs (MultiGPU CFG split): each is moved to ``device`` first. Pieces
+        computed at different sigmas (CFG-Cache ran one branch since) are reused as they are.
         """
         n = len(uuids)
         if n == 0 or len(shape) != 1 or not shape[0] or shape[0][0] % n:
             return None
         want = (shape[0][0] // n, *shape[0][1:])
         parts = [self.residuals.get(u) for u in uuids]
-        if any(not isinstance(p, torch.Tensor) or tuple(p.shape) != want for p in parts):
+        if any(p is None or not isinstance(p.last, torch.Tensor) or tuple(p.last.shape) != want for p in parts):
             return None
-        return torch.cat([p.to(device, non_blocking=True) for p in parts])  # type: ignore[union-attr]
+        entries: list[reuse.Entry] = parts  # type: ignore[assignment]
+        last = torch.cat([p.last.to(device, non_blocking=True) for p in entries])  # type: ignore[union-attr]
+        if len({p.sigma for p in entries}) > 1:
+            return reuse.Entry(last, min(p.sigma for p in entries))
+        previous = None
+        if all(isinstance(p.previous, torch.Tensor) and p.previous_sigma == entries[0].previous_sigma for p in entries):
+            previous = torch.cat([p.previous.to(device, non_blocking=True) for p in entries])  # type: ignore[union-attr]
+        previous_sigma = entries[0].previous_sigma if previous is not None else None
+        return reuse.Entry(last, entries[0].sigma, previous, previous_sigma)
 
     def store(self, batch: Batch, residual: hidden.Hidden) -> None:
+        ev = self.evaluation
+        sigma = ev.sigma if ev is not None else 0.0
         if self.cache_device is not None:
             residual = hidden.to(residual, self.cache_device)
         uuids = batch.uuids
         pieces = hidden.chunk(residual, len(uuids)) if uuids else None
+        keep = self.estimator.keeps_previous
         with self.lock:
+            before = self.by_batch.get(uuids)
             # A batch of another make-up holding one of these conds now holds an older residual.
             for other in [k for k in self.by_batch if k != uuids and set(k) & set(uuids)]:
                 del self.by_batch[other]
-            self.by_batch[uuids] = residual
+            self.by_batch[uuids] = _entry(residual, sigma, before, keep)
             if pieces is not None:
                 for u, piece in zip(uuids, pieces):
-                    self.residuals[u] = piece
+                    self.residuals[u] = _entry(piece, sigma, self.residuals.get(u), keep)
+        if ev is not None and self.schedule is not None and self.schedule.measures and before is not None:
+            new, old = hidden.primary(residual), hidden.primary(before.last)
+            if new.shape == old.shape:
+                # Relative L1 change since the last computed call, left on the device until the evaluation ends.
+                ev.change = (new - old.to(new.device)).abs().mean() / old.abs().mean().clamp_min(1e-12)
 
     def free(self) -> None:
         self.residuals.clear()
         self.by_batch.clear()
         self.evaluation = None
+        self.cfg = None
+
 
     def summary(self) -> str:
         assert self.plan is not None
@@ -244,11 +327,24 @@ class RunState:
             f"(plan: {self.plan.total - self.plan.computed} of {self.plan.total}), ~{speed:.2f}x on the "
             f"{'blocks' if what == 'block stack' else 'model'}"
         )
+        if self.cfg is not None:
+            branches = self.branch_total / self.branch_runs if self.branch_runs else 1.0
+            text += (
+                f"; CFG-Cache ran only the conditional branch on {self.cfg.cond_only_calls} call(s): "
+                f"{self.branch_runs} of {self.branch_total} branch runs, ~{branches:.2f}x in all"
+            )
         if self.forced:
             text += f"; {self.forced} batch(es) computed off-plan for lack of a matching cached residual"
         if self.variants:
             text += f"; {self.variants} extra evaluation(s) with changed options (guidance) computed in full"
         return text
+
+
+def _entry(residual: hidden.Hidden, sigma: float, before: reuse.Entry | None, keep: bool) -> reuse.Entry:
+    """The new cache entry; the one it replaces becomes its ``previous`` when the estimator extrapolates."""
+    if keep and before is not None and before.sigma > sigma:
+        return reuse.Entry(residual, sigma, before.last, before.sigma)
+    return reuse.Entry(residual, sigma)
 
 
 # -- wrappers ------------------------------------------------------------------
@@ -324,10 +420,36 @@ def calc_cond_batch_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     if not run.started:
         run.start(arg("calc_cond_batch", "model", args, kwargs).model_sampling)
     run.begin_evaluation(sigma, roles, transformer_options)
+    motion = None
     try:
-        return executor(*args, **kwargs)
+        ev, cfg = run.evaluation, run.cfg
+        if cfg is None or ev is None or ev.variant or ev.skip or run.disabled is not None or roles[:2] != (0, 1):
+            out = executor(*args, **kwargs)
+        elif run.settings is not None and cfg.cond_only(run.settings.in_window(sigma)):
+            ev.cond_only = True
+            only_cond = [conds[0], None, *conds[2:]]
+            out = executor(*with_arg("calc_cond_batch", "conds", only_cond, args, kwargs))
+            out[1] = cfg.rebuild(out[0], sigma)
+        else:
+            out = executor(*args, **kwargs)
+            if ev.computed:
+                cfg.store(out[0], out[1], sigma)
+        if run.evaluation is not None and run.evaluation.computed and run.schedule is not None \
+                and run.schedule.measures:
+            motion = latent_motion(arg("calc_cond_batch", "x_in", args, kwargs))
+        return out
     finally:
-        run.end_evaluation()
+        run.end_evaluation(motion)
+
+
+def latent_motion(x: torch.Tensor) -> torch.Tensor | None:
+    """How much a video latent moves: mean frame-to-frame difference relative to its mean size (None for images).
+
+    AdaCache's motion regularisation; a device scalar, read with the residual's change.
+    """
+    if x.ndim != 5 or x.shape[2] < 2:
+        return None
+    return (x[:, :, 1:] - x[:, :, :-1]).abs().mean() / x.abs().mean().clamp_min(1e-12)
 
 
 def attach(model: Any, config: MagCacheConfig) -> None:

@@ -19,8 +19,35 @@ the whole plan of a run can be computed before sampling starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..calibration.curve import MagnitudeCurve
+
+#: Sigmas reach the rule as float32 (the sampler's tensor) while the window's
+#: bounds are computed in float64: a call exactly on a bound (the 10th of 50
+#: steps at retention 0.2) differs from it in the 7th digit. Bounds are
+#: compared with this relative slack so a call on the bound is where the
+#: fraction puts it.
+SIGMA_SLACK = 1e-5
+
+
+class Schedule(Protocol):
+    """When the block stack is computed: one decision per model evaluation.
+
+    ``measures``: the schedule wants the residual's change and the latent's
+    motion after each computed evaluation (:meth:`observe`); the engine then
+    reads those two scalars once per computed evaluation, never per block.
+    """
+
+    measures: bool
+
+    def decide(self, sigma: float, roles: tuple[int, ...]) -> bool:
+        """Return True to skip the evaluation at ``sigma`` for conditioning ``roles``; commits the answer."""
+        ...
+
+    def observe(self, change: float, motion: float) -> None:
+        """The relative change of the residual just computed, and the latent's motion (0 for images)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -37,6 +64,11 @@ class SkipSettings:
     max_skips: int
     skip_below_sigma: float
     compute_below_sigma: float = 0.0
+
+    def in_window(self, sigma: float) -> bool:
+        """Whether a call at ``sigma`` may be skipped at all: ``skip_below >= sigma > compute_below``."""
+        upper = self.skip_below_sigma * (1.0 + SIGMA_SLACK)
+        return self.compute_below_sigma * (1.0 + SIGMA_SLACK) < sigma <= upper
 
 
 @dataclass
@@ -57,13 +89,16 @@ class SkipPolicy:
     curve: MagnitudeCurve
     settings: SkipSettings
     _roles: dict[int, _RoleState] = field(default_factory=dict)
+    measures: bool = False
+
+    def observe(self, change: float, motion: float) -> None:
+        """The rule reads only the curve."""
 
     def decide(self, sigma: float, roles: tuple[int, ...]) -> bool:
         """Return True to skip the call at ``sigma`` for conditioning ``roles``."""
         s = self.settings
         states = [self._roles.setdefault(r, _RoleState()) for r in roles]
-        in_window = s.compute_below_sigma <= sigma <= s.skip_below_sigma
-        skip = in_window and s.threshold > 0 and bool(states)
+        skip = s.in_window(sigma) and s.threshold > 0 and bool(states)
         updated: list[tuple[float, int]] = []
         if skip:
             for role, st in zip(roles, states):
@@ -102,20 +137,29 @@ class Plan:
     def total(self) -> int:
         return len(self.skips)
 
+    def pattern(self) -> str:
+        """The plan as one character per call: ``#`` computed, ``.`` skipped."""
+        return "".join("." if s else "#" for s in self.skips)
+
     @property
     def speedup(self) -> float:
         """Ideal speedup of the block stack: calls / calls that run it."""
         return self.total / self.computed if self.computed else 1.0
 
 
-def plan_run(curve: MagnitudeCurve, settings: SkipSettings, sigmas: list[float], roles: tuple[int, ...]) -> Plan:
-    """Simulate the rule over a schedule with one model call per step.
+def simulate(schedule: Schedule, sigmas: list[float], roles: tuple[int, ...]) -> Plan:
+    """The decisions ``schedule`` (a fresh one) takes over a schedule with one model call per step.
 
     ``sigmas`` is the sampler's schedule; the model is called at every entry
     but the last (the target, usually 0). Samplers that call the model more
-    than once per step follow the same rule; the plan is then an estimate and
-    the run's summary line gives the actual counts.
+    than once per step follow the same schedule; the plan is then an estimate
+    and the run's summary line gives the actual counts. An adaptive schedule's
+    plan is what it does before it has measured anything.
     """
-    policy = SkipPolicy(curve, settings)
     calls = [float(s) for s in sigmas[:-1]]
-    return Plan(sigmas=tuple(calls), skips=tuple(policy.decide(s, roles) for s in calls))
+    return Plan(sigmas=tuple(calls), skips=tuple(schedule.decide(s, roles) for s in calls))
+
+
+def plan_run(curve: MagnitudeCurve, settings: SkipSettings, sigmas: list[float], roles: tuple[int, ...]) -> Plan:
+    """The rule's plan over ``sigmas`` (see :func:`simulate`)."""
+    return simulate(SkipPolicy(curve, settings), sigmas, roles)

@@ -29,11 +29,6 @@ def sub(a: Hidden, b: Hidden) -> Hidden:
     return _like(a, [x - y for x, y in zip(parts(a), parts(b))])
 
 
-def add(a: Hidden, b: Hidden) -> Hidden:
-    """``a + b``: the one allocation a skipped call makes (per element of a pair)."""
-    return _like(a, [x + y for x, y in zip(parts(a), parts(b))])
-
-
 def shape(h: Hidden) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(p.shape) for p in parts(h))
 
@@ -59,3 +54,24 @@ def chunk(h: Hidden, n: int) -> list[Hidden] | None:
 def primary(h: Hidden) -> torch.Tensor:
     """The part a magnitude is measured on: the tensor, or a pair's first (video) element."""
     return parts(h)[0]
+
+
+def combine(base: Hidden | None, terms: list[tuple[float, Hidden]]) -> Hidden:
+    """``base + sum(c * t)`` over ``terms`` with one allocation per element: the output of a skipped call.
+
+    ``base`` None (the output level, where the cached quantity is the output
+    itself) starts from the first term. A first coefficient of exactly 1 adds
+    the term as it is, so plain reuse is bit-identical to ``base + t``.
+    """
+    (c0, t0), rest = terms[0], terms[1:]
+    out: list[torch.Tensor] = []
+    for i, t in enumerate(parts(t0)):
+        if base is None:
+            o = t.clone() if c0 == 1.0 else t * c0
+        else:
+            b = parts(base)[i]
+            o = b + t if c0 == 1.0 else torch.add(b, t, alpha=c0)
+        for c, term in rest:
+            o.add_(parts(term)[i], alpha=c)
+        out.append(o)
+    return _like(t0, out)

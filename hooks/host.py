@@ -20,6 +20,25 @@ def arg(function: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     return args[index] if len(args) > index else default
 
 
+def with_arg(
+    function: str, name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, ...]:
+    """``args`` with argument ``name`` of ``function`` replaced by ``value``; call as ``f(*result)``.
+
+    Keyword arguments are folded into the positions, so the result is the whole call.
+    """
+    positions = _POSITIONS[function]
+    out = list(args) + [None] * (max(positions.values()) + 1 - len(args))
+    for key, index in positions.items():
+        if key in kwargs:
+            out[index] = kwargs[key]
+    out[positions[name]] = value
+    extra = set(kwargs) - set(positions)
+    if extra:
+        raise TypeError(f"unexpected arguments of {function}: {sorted(extra)}")
+    return tuple(out[: max(len(args), max(positions.values()) + 1)])
+
+
 def host_version() -> str:
     """The running ComfyUI's version, for log lines and curve metadata."""
     try:

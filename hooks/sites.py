@@ -74,8 +74,11 @@ class Method(Protocol):
     def begin_batch(self, batch: Batch) -> None:
         """Decide ``batch.skip`` for a batch about to enter the model."""
 
-    def cached(self, batch: Batch, shape: tuple[tuple[int, ...], ...], device: torch.device) -> hidden.Hidden | None:
-        """The residual a skipped batch reuses (of ``shape``, on ``device``), or None when none fits it."""
+    def cached(
+        self, batch: Batch, shape: tuple[tuple[int, ...], ...], device: torch.device
+    ) -> list[tuple[float, hidden.Hidden]] | None:
+        """What a skipped batch adds (terms of ``shape``, on ``device``, see ``hidden.combine``), or None when
+        nothing cached fits it."""
 
     def store(self, batch: Batch, residual: hidden.Hidden) -> None:
         """The residual of a computed batch (a tensor the method may keep)."""
@@ -258,10 +261,10 @@ class RunHooks:
         x = args[0]
         batch.entered = True
         if batch.skip and self.out_channels is not None:
-            r = self.method.cached(batch, ((x.shape[0], self.out_channels, *x.shape[2:]),), x.device)
-            if r is not None:
+            terms = self.method.cached(batch, ((x.shape[0], self.out_channels, *x.shape[2:]),), x.device)
+            if terms is not None:
                 batch.skipping = True
-                return r.clone()  # the one allocation: the sampler owns what the model returns
+                return hidden.combine(None, terms)  # the one allocation: the sampler owns what the model returns
         y = executor(*args, **kwargs)
         if self.broken is not None:
             return y
@@ -322,10 +325,10 @@ class _BlockPatch:
             batch.skipping = False
             if batch.skip:
                 x = args[key]
-                r = hooks.method.cached(batch, hidden.shape(x), hidden.device(x))
-                if r is not None:
+                terms = hooks.method.cached(batch, hidden.shape(x), hidden.device(x))
+                if terms is not None:
                     batch.skipping = True
-                    return {**args, key: hidden.add(x, r)}
+                    return {**args, key: hidden.combine(x, terms)}
             # A copy: several families' blocks update their input in place.
             batch.x_in = hidden.clone(args[key])
         if batch.skipping:

@@ -24,7 +24,7 @@ import torch
 from conftest import BlockCounter
 
 from comfyui_magcache.cache import magcache as engine
-from comfyui_magcache.cache.policy import SkipPolicy
+from comfyui_magcache.cache.policy import SkipPolicy, plan_run
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
 
 STEPS = 12
@@ -38,16 +38,17 @@ def wan() -> tiny_models.TinyModel:
 
 def magcache(patcher: Any, threshold: float = 0.3, k: int = 3, retention: float = 0.2, **kw: Any) -> Any:
     """The node as a user wires it, with an explicit curve so the tests control the plan."""
-    (out,) = MagCacheApply().apply(
+    # No schedule given: the node runs the paper's rule, as an API prompt from before the schedules did.
+    (out,) = MagCacheApply.execute(
         patcher,
-        kw.pop("curve", CURVE),
-        threshold,
-        k,
-        retention,
-        kw.pop("start", 0.0),
-        kw.pop("end", 1.0),
-        kw.pop("cache_device", "compute"),
-    )
+        curve=kw.pop("curve", CURVE),
+        threshold=threshold,
+        max_consecutive_skips=k,
+        retention_ratio=retention,
+        start=kw.pop("start", 0.0),
+        end=kw.pop("end", 1.0),
+        cache_device=kw.pop("cache_device", "compute"),
+    ).result
     assert not kw
     return out
 
@@ -218,7 +219,7 @@ def test_6_advanced_sampler_and_wan22_two_experts(wan, magcache_log) -> None:
     cfg = magcache(low.patcher, retention=0.3).model_options["transformer_options"][engine.KEY]
     settings = cfg.settings_for(low.patcher.model.model_sampling)
     assert all(s > settings.skip_below_sigma for s in sig[:3]) and sig[STEPS // 2] < settings.skip_below_sigma
-    expected_low = engine.plan_run(cfg.curve, settings, sig[STEPS // 2 :], (0, 1))
+    expected_low = plan_run(cfg.curve, settings, sig[STEPS // 2 :], (0, 1))
     assert plan_low[0] == expected_low.computed < STEPS // 2
     assert not expected_low.skips[0]  # no cache crosses the switch: the low expert computes first
     assert low_counter.calls == expected_low.computed
@@ -513,9 +514,9 @@ def test_17_a_changed_noise_schedule_counts_in_the_very_run_that_uses_it(wan, ma
     sampling = shifted.get_model_object("model_sampling")
     config = patched.model_options["transformer_options"][engine.KEY]
     sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", STEPS).tolist()
-    expected = engine.plan_run(config.curve, config.settings_for(sampling), sigmas, (0, 1))
+    expected = plan_run(config.curve, config.settings_for(sampling), sigmas, (0, 1))
     assert plans(magcache_log.text)[-1] == (expected.computed, expected.total)
-    stale = engine.plan_run(
+    stale = plan_run(
         config.curve,
         config.settings_for(default_sampling),
         comfy.samplers.calculate_sigmas(default_sampling, "simple", STEPS).tolist(),

@@ -25,6 +25,7 @@ import torch
 from conftest import BlockCounter
 
 from comfyui_magcache.cache import magcache as engine
+from comfyui_magcache.cache.policy import plan_run
 from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve
 from comfyui_magcache.hooks.families import Family, Level, blocks_of, family_of
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
@@ -178,7 +179,7 @@ def test_block_stack_runs_exactly_where_the_plan_says(tiny, baseline, magcache_l
     assert not any(diffs[:first])
     assert first >= 1 and np.isfinite(out.numpy()).all()
     # The plan's first skip is exactly where the outputs part.
-    plan = engine.plan_run(
+    plan = plan_run(
         patched.model_options["transformer_options"][engine.KEY].curve,
         patched.model_options["transformer_options"][engine.KEY].settings_for(tiny.patcher.model.model_sampling),
         [float(s) for s in comfy.samplers.calculate_sigmas(tiny.patcher.model.model_sampling, "simple", STEPS)],
@@ -193,7 +194,16 @@ def test_block_stack_runs_exactly_where_the_plan_says(tiny, baseline, magcache_l
 
 
 def test_node_with_defaults_picks_a_curve_and_runs(tiny, magcache_log) -> None:
-    (patched,) = MagCacheApply().apply(tiny.patcher, "auto", -1, -1, -1, 0.0, 1.0, "compute")
+    (patched,) = MagCacheApply.execute(
+        tiny.patcher,
+        curve="auto",
+        threshold=-1,
+        max_consecutive_skips=-1,
+        retention_ratio=-1,
+        start=0.0,
+        end=1.0,
+        cache_device="compute",
+    ).result
     out, _ = sample(tiny, patched, steps=STEPS)
     assert torch.isfinite(out).all()
     text = magcache_log.text
@@ -211,7 +221,16 @@ def test_models_the_pack_does_not_serve_are_left_alone_saying_why(magcache_log) 
     unsupported) is returned as it came, with a message naming it."""
     assert not NOT_SERVED, f"tiny models the pack does not serve: {NOT_SERVED}"
     unknown = SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2), model_config=object()))
-    (patched,) = MagCacheApply().apply(unknown, "auto", -1, -1, -1, 0.0, 1.0, "compute")
+    (patched,) = MagCacheApply.execute(
+        unknown,
+        curve="auto",
+        threshold=-1,
+        max_consecutive_skips=-1,
+        retention_ratio=-1,
+        start=0.0,
+        end=1.0,
+        cache_device="compute",
+    ).result
     assert patched is unknown
     assert "Linear (model config object) is a model this version of the pack does not know" in magcache_log.text
     assert "the model is left unchanged" in magcache_log.text
