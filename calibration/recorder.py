@@ -24,6 +24,7 @@ one transfer when the run ends: the recorder never waits on the device per block
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -64,6 +65,8 @@ class CalibrationTarget:
     level: Level
     model: dict[str, Any]
     combine: bool = True
+    #: Called with the saved file and curve after each save (the node shows them in the page); None: log only.
+    on_saved: Callable[[Path, MagnitudeCurve], None] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -253,6 +256,8 @@ def _finish(recording: Recording, guider: Any, sampler: Any, sigmas: torch.Tenso
     curve = curve_from_runs(Path(target.file_name).stem, runs, target.model)
     save_curve(curve, path)
     _log_saved(curve, path, recording)
+    if target.on_saved is not None:
+        target.on_saved(path, curve)
     return path
 
 

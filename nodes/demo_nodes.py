@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import torch
+from comfy_api.latest import io
 
 from ..embedded import codec as cdc
 from ..embedded.codec import CODEC_FILE
@@ -43,65 +43,74 @@ def load_codec() -> cdc.Codec:
     return _codec(CODEC_FILE, stamp)
 
 
-class MagCacheDemoPrompt:
+class MagCacheDemoPrompt(io.ComfyNode):
     """Conditioning for the embedded tiny model: one of its ten digits, or the empty prompt."""
 
-    DESCRIPTION = (
-        "The embedded tiny model's 'text encoder': its prompts are the ten digits (each glides in its own "
-        "direction) and the empty prompt. Use the empty prompt as the negative. Only for the tiny model that "
-        "ships with the pack (embedded/tiny_wan_digits.safetensors)."
-    )
-    CATEGORY = "sampling/magcache/demo"
-    RETURN_TYPES = ("CONDITIONING",)
-    OUTPUT_TOOLTIPS = ("The prompt's embedding, for the sampler's positive or negative input.",)
-    FUNCTION = "encode"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """One combo: the digit to draw, or the empty prompt for the negative."""
+        return io.Schema(
+            node_id="MagCacheDemoPrompt",
+            display_name="MagCache Demo Prompt (tiny model)",
+            category="sampling/magcache/demo",
+            description=(
+                "The embedded tiny model's 'text encoder': its prompts are the ten digits (each glides in its own "
+                "direction) and the empty prompt. Use the empty prompt as the negative. Only for the tiny model "
+                "that ships with the pack (embedded/tiny_wan_digits.safetensors)."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "prompt",
+                    options=list(PROMPTS),
+                    default=PROMPTS[3],
+                    tooltip="Which digit to draw, or the empty prompt (for the negative).",
+                ),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="The prompt's embedding, for the sampler's positive or negative.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 (ComfyUI's name)
-        return {
-            "required": {
-                "prompt": (
-                    list(PROMPTS),
-                    {"default": PROMPTS[3], "tooltip": "Which digit to draw, or the empty prompt (for the negative)."},
-                ),
-            }
-        }
-
-    def encode(self, prompt: str) -> tuple[list[list[Any]]]:
+    def execute(cls, prompt: str) -> io.NodeOutput:
+        """The digit's fixed embedding as ComfyUI conditioning."""
         if prompt not in PROMPTS:
             raise ValueError(f"prompt must be one of {list(PROMPTS)}, got {prompt!r}")
         embedding = load_codec().conditioning(PROMPTS.index(prompt))
         # ComfyUI's conditioning: a list of [cross-attention tensor, extra options].
-        return ([[embedding, {}]],)
+        return io.NodeOutput([[embedding, {}]])
 
 
-class MagCacheDemoDecode:
+class MagCacheDemoDecode(io.ComfyNode):
     """Pictures from the embedded tiny model's latents: the exact inverse of its linear 'VAE'."""
 
-    DESCRIPTION = (
-        "The embedded tiny model's 'VAE decoder': turns its latents into frames (32x32 grey pixels each, "
-        "enlarged by 'scale'). Only for the tiny model that ships with the pack."
-    )
-    CATEGORY = "sampling/magcache/demo"
-    RETURN_TYPES = ("IMAGE",)
-    OUTPUT_TOOLTIPS = ("Every frame of every clip in the batch, in order, for Save Image or Save Animated WEBP.",)
-    FUNCTION = "decode"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """The sampler's latents in, frames out."""
+        return io.Schema(
+            node_id="MagCacheDemoDecode",
+            display_name="MagCache Demo Decode (tiny model)",
+            category="sampling/magcache/demo",
+            description=(
+                "The embedded tiny model's 'VAE decoder': turns its latents into frames (32x32 grey pixels each, "
+                "enlarged by 'scale'). Only for the tiny model that ships with the pack."
+            ),
+            inputs=[
+                io.Latent.Input("samples", tooltip="The sampler's output."),
+                io.Int.Input("scale", default=4, min=1, max=16, tooltip="Each pixel becomes a scale x scale square."),
+            ],
+            outputs=[
+                io.Image.Output(
+                    tooltip="Every frame of every clip in the batch, in order, for Save Image or Save Animated WEBP."
+                )
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 (ComfyUI's name)
-        return {
-            "required": {
-                "samples": ("LATENT", {"tooltip": "The sampler's output."}),
-                "scale": (
-                    "INT",
-                    {"default": 4, "min": 1, "max": 16, "tooltip": "Each pixel becomes a scale x scale square."},
-                ),
-            }
-        }
-
-    def decode(self, samples: dict[str, Any], scale: int) -> tuple[torch.Tensor]:
+    def execute(cls, samples: dict[str, Any], scale: int) -> io.NodeOutput:
+        """Decode with the codec's exact inverse, then enlarge each pixel to a square."""
         import comfy.latent_formats
 
+        if not 1 <= scale <= 16:
+            raise ValueError(f"scale must be within 1..16, got {scale}")
         latent = samples["samples"]
         if latent.ndim != 5 or latent.shape[1] != cdc.CHANNELS:
             raise ValueError(
@@ -113,4 +122,4 @@ class MagCacheDemoDecode:
         frames = load_codec().decode(comfy.latent_formats.Wan21().process_in(latent.float().cpu()))
         frames = frames.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
         images = frames.reshape(-1, *frames.shape[-2:])[..., None].expand(-1, -1, -1, 3)
-        return (images.contiguous(),)
+        return io.NodeOutput(images.contiguous())

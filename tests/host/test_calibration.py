@@ -91,7 +91,7 @@ def sample(tiny: tiny_models.TinyModel, patcher: Any, steps: int = STEPS, seed: 
 
 
 def calibrate(patcher: Any, name: str, if_exists: str = "combine", level: str = "auto") -> tuple[Any, str]:
-    return MagCacheCalibrate().calibrate(patcher, name, if_exists, level)
+    return MagCacheCalibrate.execute(patcher, name, if_exists, level).result
 
 
 def leftovers(patcher: Any) -> tuple:
@@ -247,7 +247,7 @@ def test_calibration_only_observes_and_records_the_true_ratios(
     assert leftovers(tiny.patcher) == untouched
     assert leftovers(patched) == attached
     # The MagCache node's curve list shows the new curve, without a restart.
-    assert name in MagCacheApply.INPUT_TYPES()["required"]["curve"][0]
+    assert name in MagCacheApply.INPUT_TYPES()["optional"]["curve"][0]
 
 
 def test_runs_into_one_name_are_combined_with_their_spread(curve_folder: Path) -> None:
@@ -266,7 +266,7 @@ def test_runs_into_one_name_are_combined_with_their_spread(curve_folder: Path) -
         np.testing.assert_allclose(curve.roles[role].ratio_std, np.sqrt(token_var.mean(axis=0) + ratio.var(axis=0)))
         assert np.all(ratio.std(axis=0) > 0)  # different seeds really differ
 
-    (image,) = MagCacheCurvePlot().plot(name, samples={"samples": latent})
+    (image,) = MagCacheCurvePlot.execute(name, samples={"samples": latent}).result
     assert image.shape == (1, 540, 960, 3) and image.dtype == torch.float32
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     if os.environ.get("MAGCACHE_DOCS_PLOT"):  # how docs/calibration_plot.png was made
@@ -299,7 +299,16 @@ def test_magcache_with_a_just_saved_curve_decides_as_with_that_curve_in_memory(
     arch = family_of(wan.patcher.model.diffusion_model, wan.patcher.model.model_config)
     from_memory = wan.patcher.clone()
     engine.attach(from_memory, engine.MagCacheConfig(in_memory, arch, threshold, k, retention))
-    (from_file,) = MagCacheApply().apply(wan.patcher, name, threshold, k, retention, 0.0, 1.0, "compute")
+    (from_file,) = MagCacheApply.execute(
+        wan.patcher,
+        curve=name,
+        threshold=threshold,
+        max_consecutive_skips=k,
+        retention_ratio=retention,
+        start=0.0,
+        end=1.0,
+        cache_device="compute",
+    ).result
 
     blocks = list(wan.patcher.model.diffusion_model.blocks)
     results = []
@@ -359,7 +368,16 @@ def test_a_30_step_calibration_plans_50_steps_like_a_50_step_calibration(
     # And the 30-step curve drives a real 50-step run: the engine follows the plan it announced.
     if family == "wan21_t2v":
         curve_30 = f"{family}_30steps.safetensors"
-        (fast,) = MagCacheApply().apply(tiny.patcher, curve_30, 0.05, 10, 0.2, 0.0, 1.0, "compute")
+        (fast,) = MagCacheApply.execute(
+            tiny.patcher,
+            curve=curve_30,
+            threshold=0.05,
+            max_consecutive_skips=10,
+            retention_ratio=0.2,
+            start=0.0,
+            end=1.0,
+            cache_device="compute",
+        ).result
         magcache_log.clear()
         sample(tiny, fast, steps=50)
         line = next(r.getMessage() for r in magcache_log.records if "skipped the block stack" in r.getMessage())
@@ -458,7 +476,16 @@ def test_a_bad_saved_curve_is_refused_naming_the_file(
     path = curve_folder / "bad.safetensors"
     _write_curve_file(path, tensors)
     with pytest.raises(CurveError, match=message) as err:
-        MagCacheApply().apply(wan.patcher, "bad.safetensors", -1, -1, -1, 0.0, 1.0, "compute")
+        MagCacheApply.execute(
+            wan.patcher,
+            curve="bad.safetensors",
+            threshold=-1,
+            max_consecutive_skips=-1,
+            retention_ratio=-1,
+            start=0.0,
+            end=1.0,
+            cache_device="compute",
+        )
     assert str(path.resolve()) in str(err.value)
 
     # Calibrating into it refuses too, before the generation starts, and leaves the file alone.
@@ -538,7 +565,16 @@ def test_a_cancelled_run_saves_nothing_and_leaves_nothing(wan: tiny_models.TinyM
 
 def test_magcache_on_a_calibrating_model_is_refused(wan: tiny_models.TinyModel, curve_folder: Path) -> None:
     patched, _ = calibrate(wan.patcher, "with_magcache")
-    (both,) = MagCacheApply().apply(patched, "wan2.1_t2v_1.3B", 0.2, 3, 0.2, 0.0, 1.0, "compute")
+    (both,) = MagCacheApply.execute(
+        patched,
+        curve="wan2.1_t2v_1.3B",
+        threshold=0.2,
+        max_consecutive_skips=3,
+        retention_ratio=0.2,
+        start=0.0,
+        end=1.0,
+        cache_device="compute",
+    ).result
     with pytest.raises(ValueError, match="bypass the MagCache node while calibrating"):
         sample(wan, both)
     assert not curve_folder.exists() or not any(curve_folder.iterdir())
@@ -600,7 +636,16 @@ def test_output_level_calibration_records_the_models_output_and_drives_output_le
         np.testing.assert_allclose(rc.sigma[1:], want[:, 0], rtol=1e-6)
         np.testing.assert_allclose(rc.ratio, want[:, 1], rtol=1e-5)
     # The MagCache node takes the level from the curve: it skips the whole model.
-    (cached,) = MagCacheApply().apply(wan.patcher, name, 0.3, 2, 0.2, 0.0, 1.0, "compute")
+    (cached,) = MagCacheApply.execute(
+        wan.patcher,
+        curve=name,
+        threshold=0.3,
+        max_consecutive_skips=2,
+        retention_ratio=0.2,
+        start=0.0,
+        end=1.0,
+        cache_device="compute",
+    ).result
     assert cached.model_options["transformer_options"][engine.KEY].level.value == "output"
     sample(wan, cached)
     skipped = re.findall(r"skipped the whole model on (\d+) of (\d+) model calls", magcache_log.text)

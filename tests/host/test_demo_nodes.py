@@ -13,7 +13,7 @@ from comfyui_magcache.nodes.demo_nodes import PROMPTS, MagCacheDemoDecode, MagCa
 def test_prompt_node_gives_the_codec_embedding_as_comfy_conditioning() -> None:
     codec = load_codec()
     for index, prompt in enumerate(PROMPTS):
-        (conditioning,) = MagCacheDemoPrompt().encode(prompt)
+        (conditioning,) = MagCacheDemoPrompt.execute(prompt).result
         assert len(conditioning) == 1
         tensor, extra = conditioning[0]
         assert extra == {}
@@ -24,7 +24,7 @@ def test_prompt_node_gives_the_codec_embedding_as_comfy_conditioning() -> None:
 
 def test_prompt_node_refuses_an_unknown_prompt() -> None:
     with pytest.raises(ValueError, match="prompt must be one of"):
-        MagCacheDemoPrompt().encode("digit 11")
+        MagCacheDemoPrompt.execute("digit 11")
 
 
 @pytest.mark.parametrize("scale", [1, 3])
@@ -33,7 +33,7 @@ def test_decode_node_inverts_the_codec_from_a_sampler_latent(scale: int) -> None
     codec = load_codec()
     _, frames = cdc.random_clips(2, torch.Generator().manual_seed(0))
     stored = comfy.latent_formats.Wan21().process_out(codec.encode(frames))
-    (images,) = MagCacheDemoDecode().decode({"samples": stored}, scale)
+    (images,) = MagCacheDemoDecode.execute({"samples": stored}, scale).result
     assert images.shape == (2 * cdc.FRAMES, cdc.CANVAS * scale, cdc.CANVAS * scale, 3)
     expected = frames.repeat_interleave(scale, -2).repeat_interleave(scale, -1).reshape(-1, *images.shape[1:3])
     assert torch.allclose(images[..., 0], expected, atol=1e-4)
@@ -42,4 +42,4 @@ def test_decode_node_inverts_the_codec_from_a_sampler_latent(scale: int) -> None
 
 def test_decode_node_refuses_an_image_latent_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match="video latents"):
-        MagCacheDemoDecode().decode({"samples": torch.zeros(1, 16, 8, 8)}, 4)
+        MagCacheDemoDecode.execute({"samples": torch.zeros(1, 16, 8, 8)}, 4)
