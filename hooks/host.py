@@ -49,11 +49,20 @@ def host_version() -> str:
         return "(unknown version)"
 
 
-def show_text(node_id: str | None, text: str) -> None:
-    """Show ``text`` in the box of node ``node_id`` in the page (ComfyUI's progress text).
+#: Most lines a node's box keeps within one prompt (a two-expert workflow runs the sampler twice).
+SHOWN_LINES = 8
+#: What each node's box shows: the prompt it belongs to and its lines, so a new prompt starts the box over.
+_shown: dict[str, tuple[str | None, list[str]]] = {}
 
-    A no-op without a node id or outside a server (tests, scripts): the log
-    line the caller also writes is then the only record.
+
+def show_text(node_id: str | None, text: str) -> None:
+    """Add ``text`` to the box of node ``node_id`` in the page (ComfyUI's progress text).
+
+    The page shows only the last progress text a node got, so the lines sent
+    within one prompt (the curve chosen, each run's plan and summary) are sent
+    together; a new prompt starts the box over. A no-op without a node id or
+    outside a server (tests, scripts): the log line the caller also writes is
+    then the only record.
     """
     if node_id is None:
         return
@@ -63,5 +72,21 @@ def show_text(node_id: str | None, text: str) -> None:
         return
     server = getattr(PromptServer, "instance", None)
     send = getattr(server, "send_progress_text", None)
-    if send is not None:
-        send(text, node_id)
+    if send is None:
+        return
+    node_id = str(node_id)
+    prompt = _prompt_id()
+    last_prompt, lines = _shown.get(node_id, (None, []))
+    lines = [*lines, text] if prompt is not None and prompt == last_prompt else [text]
+    _shown[node_id] = (prompt, lines[-SHOWN_LINES:])
+    send("\n\n".join(_shown[node_id][1]), node_id)
+
+
+def _prompt_id() -> str | None:
+    """The id of the prompt being executed, where ComfyUI says (None otherwise)."""
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        return None
+    context = get_executing_context()
+    return None if context is None else str(context.prompt_id)

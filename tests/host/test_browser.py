@@ -29,6 +29,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from comfy_server import EXAMPLES, NO_TINY_MODEL, PACK_ROOT, TINY_MODEL, TINY_WORKFLOW, ComfyServer
 
+from comfyui_magcache.cache.config import DEFAULT_SPEED
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -290,3 +292,159 @@ def test_add_magcache_by_search_connect_and_run(
     assert shot.stat().st_size > 20_000
     assert not watch.errors, watch.errors
     assert not watch.offhost, watch.offhost
+
+
+# -- saved work and what the nodes show -------------------------------------------------------------------
+
+#: Workflows saved with the first MagCache node (seven widget values, -1 for "the curve's value").
+SAVED_V1 = Path(__file__).parent / "data"
+SUMMARY = re.compile(r"MagCache: skipped the .+ on \d+ of \d+ model calls")
+TEXT_PREVIEW = "$$node-text-preview"  # the page's widget for a node's progress text
+
+
+def _widgets(tab: Any, node_id: int) -> dict[str, Any]:
+    """A node's widget values by name, as the page holds them."""
+    return tab.evaluate(
+        "id => Object.fromEntries((window.app.graph.getNodeById(id).widgets || []).map(w => [w.name, w.value]))",
+        node_id,
+    )
+
+
+def _queue_and_wait(tab: Any, node_id: int, timeout: float = 180_000) -> dict[str, Any]:
+    """Queue the graph as the page's Queue button does; the output the page then holds for ``node_id``."""
+    tab.evaluate("() => { window.app.nodeOutputs = {}; }")
+    tab.evaluate("() => window.app.queuePrompt(0, 1)")
+    tab.wait_for_function(
+        "id => { const o = (window.app.nodeOutputs || {})[String(id)]; return !!(o && o.images && o.images.length); }",
+        arg=node_id,
+        timeout=timeout,
+    )
+    return tab.evaluate("id => window.app.nodeOutputs[String(id)]", node_id)
+
+
+def _text_on(tab: Any, node_id: int, pattern: re.Pattern[str], timeout: float = 30_000) -> str:
+    """The text the page shows in the node's box, once it matches ``pattern``."""
+    tab.wait_for_function(
+        "([id, name, source]) => { const w = (window.app.graph.getNodeById(id).widgets || [])"
+        ".find(w => w.name === name); return !!(w && new RegExp(source).test(String(w.value))); }",
+        arg=[node_id, TEXT_PREVIEW, pattern.pattern],
+        timeout=timeout,
+    )
+    return str(_widgets(tab, node_id)[TEXT_PREVIEW])
+
+
+def test_a_workflow_saved_with_the_first_node_keeps_its_settings(page: tuple[Any, PageWatch]) -> None:
+    """Widget values are stored by position: the pack's page extension moves the old seven into the new order."""
+    tab, watch = page
+    watch.reset()
+    path = SAVED_V1 / "saved_v1_magcache_wan2.1_t2v_1.3B.json"
+    workflow = json.loads(path.read_text())
+    node = next(n for n in workflow["nodes"] if n["type"] == "MagCacheApply")
+    assert node["widgets_values"] == ["auto", -1, -1, -1, 0.0, 1.0, "compute"]  # the file is really the old layout
+    _load(tab, path, [n["id"] for n in workflow["nodes"]])
+    widgets = _widgets(tab, node["id"])
+    assert {k: widgets[k] for k in ("schedule", "reuse", "cfg_cache", "curve", "settings")} == {
+        "schedule": "MagCache rule",  # what the first node did
+        "reuse": "plain",
+        "cfg_cache": False,
+        "curve": "auto",
+        "settings": "recommended by the curve",  # its three -1
+    }
+    assert {k: widgets[k] for k in ("start", "end", "cache_device")} == {
+        "start": 0.0,
+        "end": 1.0,
+        "cache_device": "compute",
+    }
+    assert widgets["speed"] == DEFAULT_SPEED
+    assert -1 not in (widgets["threshold"], widgets["max_consecutive_skips"], widgets["retention_ratio"])
+    # The old file lists its models' download addresses, which the page probes and the test page refuses.
+    assert not [e for e in watch.errors if "Content Security Policy" not in e], watch.errors
+
+
+@pytest.mark.skipif(not TINY_MODEL.is_file(), reason=NO_TINY_MODEL)
+def test_an_old_tiny_workflow_runs_and_the_node_shows_the_plan_and_summary(
+    page: tuple[Any, PageWatch], comfy_server: ComfyServer, tmp_path: Path
+) -> None:
+    tab, watch = page
+    watch.reset()
+    workflow = json.loads((SAVED_V1 / "saved_v1_magcache_tiny_wan_digits_cpu.json").read_text())
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "KSampler")
+    sampler["widgets_values"][0] += 7  # a seed of its own, so the server cannot answer from its cache
+    path = tmp_path / "old tiny workflow.json"
+    path.write_text(json.dumps(workflow))
+    _load(tab, path, [n["id"] for n in workflow["nodes"]])
+    magcache = next(n["id"] for n in workflow["nodes"] if n["type"] == "MagCacheApply")
+    saver = next(n["id"] for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP")
+    _queue_and_wait(tab, saver)
+    text = _text_on(tab, magcache, SUMMARY)
+    assert PLAN.search(text), text  # the plan of the run ...
+    assert "threshold" in text, text  # ... made by the paper's rule, as the old workflow asked
+    assert "curve '" in text, text  # which curve the node picked
+    assert SUMMARY.search(text), text  # ... and what the run skipped
+    assert not watch.errors, watch.errors
+
+
+def _calibration_workflow(example: dict[str, Any], name: str) -> dict[str, Any]:
+    """The tiny-model example with MagCache Calibrate in MagCache's place and a Curve Plot after the sampler."""
+    wf = json.loads(json.dumps(example))
+    node = next(n for n in wf["nodes"] if n["type"] == "MagCacheApply")
+    sampler = next(n for n in wf["nodes"] if n["type"] == "KSampler")
+    sampler["widgets_values"][0] += 11
+    node["type"] = "MagCacheCalibrate"
+    node["properties"] = {"Node name for S&R": "MagCacheCalibrate"}
+    node["widgets_values"] = [name, "replace", "auto"]
+    plot_id, name_link, samples_link = max(n["id"] for n in wf["nodes"]) + 1, 900, 901
+    node["outputs"] = [
+        {"name": "model", "type": "MODEL", "links": node["outputs"][0]["links"], "slot_index": 0},
+        {"name": "curve_name", "type": "STRING", "links": [name_link], "slot_index": 1},
+    ]
+    sampler["outputs"][0]["links"] = [*sampler["outputs"][0]["links"], samples_link]
+    wf["nodes"].append(
+        {
+            "id": plot_id, "type": "MagCacheCurvePlot", "pos": [680, 420], "size": [480, 360], "flags": {},
+            "order": 20, "mode": 0, "properties": {"Node name for S&R": "MagCacheCurvePlot"}, "widgets_values": [],
+            "inputs": [
+                {"name": "curve_name", "type": "STRING", "link": name_link},
+                {"name": "samples", "type": "LATENT", "link": samples_link},
+            ],
+            "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []}],
+        }
+    )  # fmt: skip
+    wf["links"] += [
+        [name_link, node["id"], 1, plot_id, 0, "STRING"],
+        [samples_link, sampler["id"], 0, plot_id, 1, "LATENT"],
+    ]
+    wf["last_node_id"], wf["last_link_id"] = plot_id, samples_link
+    return wf
+
+
+@pytest.mark.skipif(not TINY_MODEL.is_file(), reason=NO_TINY_MODEL)
+def test_calibrate_and_curve_plot_show_the_saved_file_and_the_plot_on_their_nodes(
+    page: tuple[Any, PageWatch], comfy_server: ComfyServer, tmp_path: Path
+) -> None:
+    tab, watch = page
+    watch.reset()
+    workflow = _calibration_workflow(json.loads(TINY_WORKFLOW.read_text()), "browser_test_curve")
+    path = tmp_path / "calibrate the tiny model.json"
+    path.write_text(json.dumps(workflow))
+    _load(tab, path, [n["id"] for n in workflow["nodes"]])
+    calibrate = next(n["id"] for n in workflow["nodes"] if n["type"] == "MagCacheCalibrate")
+    plot = next(n["id"] for n in workflow["nodes"] if n["type"] == "MagCacheCurvePlot")
+
+    plot_output = _queue_and_wait(tab, plot)
+    saved = comfy_server.base / "models" / "magcache" / "browser_test_curve.safetensors"
+    assert saved.is_file()
+    # Curve Plot: its image on the node itself, no Preview Image node in the workflow.
+    image = plot_output["images"][0]
+    assert image["type"] == "temp" and (comfy_server.base / "temp" / image["subfolder"] / image["filename"]).is_file()
+    # Calibrate: where the curve went, and its plot, on the node.
+    text = _text_on(tab, calibrate, re.compile("saved to"))
+    assert str(saved) in text, text
+    tab.wait_for_function(
+        "id => { const o = (window.app.nodeOutputs || {})[String(id)]; return !!(o && o.images && o.images.length); }",
+        arg=calibrate,
+        timeout=30_000,
+    )
+    shown = tab.evaluate("id => window.app.nodeOutputs[String(id)].images[0]", calibrate)
+    assert (comfy_server.base / "temp" / shown["subfolder"] / shown["filename"]).is_file()
+    assert not watch.errors, watch.errors
