@@ -131,12 +131,12 @@ def _retype_link(workflow: dict[str, Any]) -> None:
 BROKEN = {
     "unknown node type": (lambda wf: _node(wf, "KSampler").update(type="NoSuchSampler"), "no node of this type"),
     "value below min": (_set("KSampler", 2, 0), "below the minimum"),
-    "value above max": (_set("MagCacheApply", 1, 2.5), "above the maximum"),
+    "value above max": (_set("MagCacheApply", 0, 4.5), "above the maximum"),
     "int widget given a float": (_set("KSampler", 2, 30.5), "not an integer"),
     "combo value not offered": (_set("KSampler", 4, "no_such_sampler"), "is not one of"),
     "file name in a combo that lists no files": (_set("KSampler", 5, "simple.safetensors"), "is not one of"),
     "bad control_after_generate": (_set("KSampler", 1, "sometimes"), "control_after_generate"),
-    "one widget value missing": (lambda wf: _node(wf, "MagCacheApply")["widgets_values"].pop(), "widget values for"),
+    "one widget value missing": (lambda wf: _node(wf, "KSampler")["widgets_values"].pop(), "widget values for"),
     "required input unconnected": (_unlink_model, "is not connected"),
     "link of the wrong type": (_retype_link, "carried as LATENT"),
 }
@@ -211,7 +211,13 @@ def test_tiny_workflow_runs_end_to_end_in_under_a_minute(
 
 @pytest.mark.parametrize(
     ("field", "value", "error"),
-    [("threshold", 5.0, "value_bigger_than_max"), ("max_consecutive_skips", -2, "value_smaller_than_min")],
+    [
+        ("speed", 5.0, "value_bigger_than_max"),
+        ("end", -2, "value_smaller_than_min"),
+        ("threshold", 5.0, "custom_validation_failed"),
+        ("max_consecutive_skips", -2, "custom_validation_failed"),
+        ("retention_ratio", float("nan"), "custom_validation_failed"),
+    ],
 )
 def test_out_of_range_input_is_refused_by_validation(
     comfy_server: ComfyServer, object_info: dict[str, Any], field: str, value: float, error: str
@@ -223,5 +229,62 @@ def test_out_of_range_input_is_refused_by_validation(
     assert status == 400, body
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
     errors = body["node_errors"][node_id]["errors"]
-    assert [e["type"] for e in errors] == [error]
-    assert errors[0]["extra_info"]["input_name"] == field
+    assert {e["type"] for e in errors} == {error}
+    if error == "custom_validation_failed":  # the node's own check of threshold, K and retention (-1 allowed)
+        assert all(f"{field} must be" in e["details"] for e in errors), errors
+    else:
+        assert [e["extra_info"]["input_name"] for e in errors] == [field]
+
+
+@pytest.mark.skipif(not TINY_MODEL.is_file(), reason=NO_TINY_MODEL)
+def test_an_api_prompt_written_for_the_first_node_runs(comfy_server: ComfyServer, object_info: dict[str, Any]) -> None:
+    """The first node's seven inputs, -1 for the curve's values, none of the newer ones: valid, and runs the rule."""
+    prompt = to_api(json.loads(TINY_WORKFLOW.read_text()), object_info)
+    node_id = next(k for k, v in prompt.items() if v["class_type"] == "MagCacheApply")
+    model = prompt[node_id]["inputs"]["model"]
+    old = {"curve": "auto", "threshold": -1, "max_consecutive_skips": -1, "retention_ratio": -1}
+    prompt[node_id]["inputs"] = {"model": model, **old, "start": 0.0, "end": 1.0, "cache_device": "compute"}
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "KSampler")
+    prompt[sampler]["inputs"]["seed"] += 101  # not answered from the cache of another test's run
+    log_before = len(comfy_server.log())
+    status, body = comfy_server.queue(prompt)
+    assert status == 200, body
+    comfy_server.wait_history(body["prompt_id"], timeout=120)
+    log = comfy_server.log()[log_before:]
+    plan = re.search(r"MagCache: computing \d+ of \d+ steps, ~[\d.]+x \(threshold ", log)
+    assert plan, f"the old prompt did not run the paper's rule:\n{log[-3000:]}"
+
+
+@pytest.mark.skipif(not TINY_MODEL.is_file(), reason=NO_TINY_MODEL)
+def test_a_replaced_curve_file_is_picked_up_and_a_deleted_one_refused(
+    comfy_server: ComfyServer, object_info: dict[str, Any]
+) -> None:
+    """Same prompt, same curve name: the node runs again only when the file changed; a deleted file is named."""
+    import shutil
+
+    folder = comfy_server.base / "models" / "magcache"
+    folder.mkdir(parents=True, exist_ok=True)
+    curve = folder / "replaced_in_place.safetensors"
+    shutil.copyfile(catalog.PRESETS_DIR / "wan2.1_t2v_1.3B.safetensors", curve)
+    prompt = to_api(json.loads(TINY_WORKFLOW.read_text()), object_info)
+    node_id = next(k for k, v in prompt.items() if v["class_type"] == "MagCacheApply")
+    prompt[node_id]["inputs"]["curve"] = curve.name
+    chosen = f"MagCache: curve '{curve.name}' (chosen in the node)"
+
+    def run() -> int:
+        status, body = comfy_server.queue(prompt)
+        assert status == 200, body
+        comfy_server.wait_history(body["prompt_id"], timeout=120)
+        return comfy_server.log().count(chosen)
+
+    first = run()
+    assert first >= 1
+    assert run() == first  # nothing changed: ComfyUI answers from its cache
+    shutil.copyfile(catalog.PRESETS_DIR / "wan2.1_t2v_14B.safetensors", curve)  # recalibrated under the same name
+    assert run() == first + 1
+    curve.unlink()
+    status, body = comfy_server.queue(prompt)
+    assert status == 400, body
+    errors = body["node_errors"][node_id]["errors"]
+    assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [("value_not_in_list", "curve")]
+    assert curve.name in errors[0]["details"]
