@@ -45,7 +45,6 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,8 @@ import itertools
 import lineplot
 
 from comfyui_magcache.cache import magcache as engine
+from comfyui_magcache.cache.config import MagCacheConfig, Reuse, When
+from comfyui_magcache.cache.planner import ErrorModel
 from comfyui_magcache.cache.policy import plan_run
 from comfyui_magcache.calibration import catalog
 from comfyui_magcache.embedded import codec as cdc
@@ -154,7 +155,7 @@ class Timed:
 def timed_run(patcher: Any, latent: torch.Tensor, context: torch.Tensor, negative: torch.Tensor,
               settings: demo.Settings, seed: int = 0) -> Timed:
     """One sampling run of a random-weight model; wall time and block-stack counts."""
-    _, seconds, calls, computed = demo.timed_sample(
+    _, seconds, (calls, computed, _, _) = demo.timed_sample(
         patcher, latent, [[context, {}]], [[negative, {}]], settings, seed
     )
     return Timed(seconds, calls, computed)
@@ -262,53 +263,15 @@ def section_speedup(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Method:
-    """One point of the quality sweep: a way of skipping steps and its knob."""
+    """One point of the quality sweep: a line of the table and the model it runs."""
 
-    family: str  # line of the plot
-    knob: float  # threshold, or the step budget for uniform
+    line: str
+    knob: float  # the rule's threshold, the speed asked for, or a tuned threshold (EasyCache, LazyCache)
     make: Any  # patcher -> patched model
-
-    def __hash__(self) -> int:
-        return hash((self.family, self.knob))
-
-
-class FixedSchedulePolicy:
-    """A skip policy that follows a fixed list of decisions, call by call.
-
-    The uniform baseline: it plugs into MagCache's engine in place of the
-    magnitude rule, so a skipped step reuses the residual exactly as MagCache
-    does and only the choice of steps differs.
-    """
-
-    def __init__(self, skips: list[bool]) -> None:
-        self.skips = skips
-        self.i = 0
-
-    def decide(self, sigma: float, roles: tuple[int, ...]) -> bool:
-        skip = self.skips[self.i] if self.i < len(self.skips) else False
-        self.i += 1
-        return skip
-
-
-@contextlib.contextmanager
-def fixed_schedule(skips: list[bool]) -> Iterator[None]:
-    """Make the engine use :class:`FixedSchedulePolicy` for the runs inside the block."""
-    original = engine.SkipPolicy
-    engine.SkipPolicy = lambda curve, settings: FixedSchedulePolicy(skips)  # type: ignore[assignment,misc]
-    try:
-        yield
-    finally:
-        engine.SkipPolicy = original  # type: ignore[misc]
-
-
-def uniform_skips(calls: int, budget: int) -> list[bool]:
-    """Compute ``budget`` evenly spaced calls of ``calls`` (the first always), skip the rest."""
-    computed = {round(i * calls / budget) for i in range(budget)}
-    return [i not in computed for i in range(calls)]
 
 
 def magcache_threshold(
-    config: engine.MagCacheConfig, model_sampling: Any, sigmas: list[float], budget: int
+    config: MagCacheConfig, model_sampling: Any, sigmas: list[float], budget: int
 ) -> float | None:
     """The smallest threshold whose plan computes at most ``budget`` calls, or None if none does.
 
@@ -332,6 +295,30 @@ def magcache_threshold(
     return hi
 
 
+def quality_lines(one: Any, arch: Any, retention: float, k: int) -> list[tuple[str, MagCacheConfig]]:
+    """Every cached mode of the pack the quality section measures, as node configs (speed set per column).
+
+    All from the one-sample curve. The uniform lines compute every k-th call from the first (no retention):
+    the baseline as the issue states it.
+    """
+    base = MagCacheConfig(one, arch, 0.0, k, retention)
+    lines = [(f"MagCache rule (paper), K={kk}", replace(base, max_skips=kk)) for kk in (2, 3, 4)]
+    for reuse in Reuse:
+        name = "uniform" if reuse is Reuse.PLAIN else f"uniform, {reuse.value} reuse"
+        lines.append((name, replace(base, when=When.UNIFORM, retention=0.0, reuse=reuse)))
+    lines.append(("uniform + CFG-Cache", replace(base, when=When.UNIFORM, retention=0.0, cfg_cache=True)))
+    for model in ErrorModel:
+        lines.append((f"speed target, error {model.value}", replace(base, when=When.TARGET, error_model=model)))
+    for reuse in (Reuse.SCALED, Reuse.EXTRAPOLATED):
+        lines.append((f"speed target, {reuse.value} reuse", replace(base, when=When.TARGET, reuse=reuse)))
+    lines.append(("speed target, no retention", replace(base, when=When.TARGET, retention=0.0)))
+    lines.append(("speed target + CFG-Cache", replace(base, when=When.TARGET, cfg_cache=True)))
+    lines.append(("adaptive (AdaCache)", replace(base, when=When.ADAPTIVE)))
+    lines.append(("adaptive (AdaCache), extrapolated reuse", replace(base, when=When.ADAPTIVE,
+                                                                      reuse=Reuse.EXTRAPOLATED)))
+    return lines
+
+
 def section_quality(args: argparse.Namespace) -> dict[str, Any]:
     """Quality at equal compute on the trained embedded model."""
     import comfy.samplers
@@ -343,20 +330,18 @@ def section_quality(args: argparse.Namespace) -> dict[str, Any]:
     sigmas = [float(s) for s in comfy.samplers.calculate_sigmas(patcher.model.model_sampling, "simple", STEPS)]
     calls = STEPS
 
-    # Curves from the calibration node: one sample, and eight combined (other seeds than the test pairs).
+    # The curve from the calibration node: one sample, on a seed none of the test pairs uses.
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp, demo.curve_folder(Path(tmp)):
         one = demo.calibrate(patcher, codec, [3], 1000, SETTINGS, "bench_one_sample")
-        several = demo.calibrate(patcher, codec, list(range(8)), 2000, SETTINGS, "bench_eight_samples")
     arch = family_of(patcher.model.diffusion_model, patcher.model.model_config)
     rec = catalog.Recommended.of(one)
-    retention = rec.retention
 
-    def magcache(curve: Any, k: int, threshold: float) -> Any:
+    def attached(config: MagCacheConfig) -> Any:
         def make(p: Any) -> Any:
             m = p.clone()
-            engine.attach(m, engine.MagCacheConfig(curve, arch, threshold, k, retention))
+            engine.attach(m, config)
             return m
         return make
 
@@ -365,74 +350,76 @@ def section_quality(args: argparse.Namespace) -> dict[str, Any]:
             return cls.execute(p, threshold, 0.15, 0.95, False).result[0]
         return make
 
-    budgets = sorted({round(calls / t) for t in TARGETS}, reverse=True)
+    wanted = [t for t in TARGETS if not args.columns or t in args.columns]
+    chosen = set(args.lines.split("|")) if args.lines else None
     methods: list[Method] = []
-    lines = [(f"MagCache, 8-sample curve, K={k}", several, k) for k in (1, 2, 3, 4)]
-    lines.append((f"MagCache, 1-sample curve, K={rec.max_skips}", one, rec.max_skips))
     model_sampling = patcher.model.model_sampling
-    for label, curve, k in lines:
-        for budget in budgets:
-            config = engine.MagCacheConfig(curve, arch, 0.0, k, retention)
-            th = magcache_threshold(config, model_sampling, sigmas, budget)
-            if th is not None:
-                methods.append(Method(label, th, magcache(curve, k, th)))
-    uniform: dict[float, list[bool]] = {}
-    for budget in budgets:
-        uniform[float(budget)] = uniform_skips(calls, budget)
-        # The engine with its policy replaced (see fixed_schedule); the curve and threshold are unused.
-        methods.append(Method("uniform (every k-th step)", float(budget), magcache(several, calls, 1.0)))
+    for label, config in quality_lines(one, arch, rec.retention, rec.max_skips):
+        if chosen is not None and label not in chosen:
+            continue
+        for t in wanted:
+            if config.when is When.RULE:
+                th = magcache_threshold(config, model_sampling, sigmas, round(calls / t))
+                if th is not None:
+                    methods.append(Method(label, th, attached(replace(config, threshold=th))))
+            else:
+                methods.append(Method(label, t, attached(replace(config, speed=t))))
 
-    # EasyCache / LazyCache: adaptive, so tune each threshold on four pairs to each budget.
-    def mean_computed(make: Any, probe: list[tuple[int, int]]) -> float:
+    # EasyCache / LazyCache: adaptive, so tune each threshold on four pairs to each speed.
+    # What an uncached run computes, per pair: the denominator of every speedup. Counted on the uncached
+    # runs, since EasyCache and LazyCache skip the diffusion model's forward, where the counter sits.
+    references = {}
+    for d, s in pairs:
+        references[(d, s)] = demo.generate(patcher, codec, d, s, SETTINGS)
+
+    def mean_speedup(make: Any, probe: list[tuple[int, int]]) -> float:
         model = make(patcher)
-        return statistics.mean(demo.generate(model, codec, d, s, SETTINGS).computed for d, s in probe)
+        gens = [demo.generate(model, codec, d, s, SETTINGS) for d, s in probe]
+        return sum(references[p].branches for p in probe) / max(sum(g.computed_branches for g in gens), 1)
 
     probe = pairs[:4]
     for label, cls in (("EasyCache (ComfyUI)", nodes_easycache.EasyCacheNode),
                        ("LazyCache (ComfyUI)", nodes_easycache.LazyCacheNode)):
-        for budget in budgets:
+        if chosen is not None and label not in chosen:
+            continue
+        for t in wanted:
             lo, hi = 0.0, 3.0
-            if mean_computed(node(cls, hi), probe) > budget:
+            if mean_speedup(node(cls, hi), probe) < t:
                 continue
             for _ in range(args.tune_iterations):
                 mid = (lo + hi) / 2
-                if mean_computed(node(cls, mid), probe) > budget:
+                if mean_speedup(node(cls, mid), probe) < t:
                     lo = mid
                 else:
                     hi = mid
             methods.append(Method(label, hi, node(cls, hi)))
-            print(f"  tuned {label} to {budget} computed: threshold {hi:.4f}", flush=True)
+            print(f"  tuned {label} to {t}x: threshold {hi:.4f}", flush=True)
 
-    references = {}
-    for d, s in pairs:
-        references[(d, s)] = demo.generate(patcher, codec, d, s, SETTINGS)
     prompted = torch.tensor([d for d, _ in pairs])
     ref_read = metrics.read_clips(torch.stack([references[p].frames for p in pairs]), prompted)
     points = []
     for n, m in enumerate(methods):
         model = m.make(patcher)
-        ctx = fixed_schedule(uniform[m.knob]) if m.family.startswith("uniform") else contextlib.nullcontext()
-        gens = []
-        with ctx:
-            for d, s in pairs:
-                gens.append(demo.generate(model, codec, d, s, SETTINGS))
+        gens = [demo.generate(model, codec, d, s, SETTINGS) for d, s in pairs]
         a = torch.stack([references[p].frames for p in pairs])
         b = torch.stack([g.frames for g in gens])
         point = {
-            "method": m.family, "knob": m.knob,
+            "method": m.line, "knob": m.knob,
             "calls": sum(g.calls for g in gens), "computed": sum(g.computed for g in gens),
+            "branches": sum(references[p].branches for p in pairs),
+            "computed_branches": sum(g.computed_branches for g in gens),
             "psnr": metrics.psnr(b, a).tolist(), "ssim": metrics.ssim(b, a).tolist(),
             "seconds": sum(g.seconds for g in gens), "reference_seconds": sum(references[p].seconds for p in pairs),
         }
-        point["speedup"] = point["calls"] / point["computed"]
+        point["speedup"] = point["branches"] / point["computed_branches"]
         point["mean_psnr"] = statistics.mean(point["psnr"])
         point["mean_ssim"] = statistics.mean(point["ssim"])
         points.append(point)
-        print(f"  [{n + 1}/{len(methods)}] {m.family} knob {m.knob:.4g}: {point['speedup']:.2f}x, "
+        print(f"  [{n + 1}/{len(methods)}] {m.line} knob {m.knob:.4g}: {point['speedup']:.2f}x, "
               f"PSNR {point['mean_psnr']:.2f} dB, SSIM {point['mean_ssim']:.4f}", flush=True)
     return {
-        "settings": vars(SETTINGS), "pairs": pairs, "retention": retention,
-        "curves": {"one_sample": _curve_summary(one), "eight_samples": _curve_summary(several)},
+        "settings": vars(SETTINGS), "pairs": pairs, "retention": rec.retention, "max_skips": rec.max_skips,
+        "curves": {"one_sample": _curve_summary(one)},
         "reference_reading": {
             "digit_accuracy": float((ref_read.digit == prompted).float().mean()),
             "glyph_match": float(ref_read.match.mean()), "motion_error_px": float(ref_read.motion_error.mean()),
@@ -507,7 +494,7 @@ def quality_plot(q: dict[str, Any]) -> None:
             ))
         charts.append(lineplot.chart(
             series, f"{label.split(' ')[0]} at equal compute, {len(q['pairs'])} prompt/seed pairs",
-            "speedup of the block stack (model calls / computed calls)", label.split(" (")[0], legend_rows=4,
+            "speedup of real compute (branch runs uncached / cached)", label.split(" (")[0], legend_rows=6,
         ))
     lineplot.side_by_side(charts).save(RESULTS / "quality.png")
 
@@ -551,17 +538,19 @@ def report(command: str) -> None:
         families: dict[str, list[dict[str, Any]]] = {}
         for p in q["points"]:
             families.setdefault(p["method"], []).append(p)
-        head = " | ".join(f"{t:g}x" for t in TARGETS[:3])
+        head = " | ".join(f"{t:g}x" for t in TARGETS)
         lines += ["", f"## Quality at equal compute ({len(q['pairs'])} prompt/seed pairs, {STEPS} steps euler/simple, "
                   f"cfg 5, embedded tiny Wan 2.1)", "",
                   "PSNR in dB / SSIM of the decoded frames against the uncached run, read off each method's line at "
-                  "the given speedup of the block stack (model calls / computed calls; linear between measured "
-                  "points; '-' where the method cannot reach it). Best of each column in bold.", "",
-                  f"| method | {head} |", "|---|" + "---|" * 3]
+                  "the given speedup of real compute (branch runs of the block stack an uncached run makes / the "
+                  "ones this run made: a skipped call saves both CFG branches, a CFG-Cache call one; linear "
+                  "between measured points; '-' where the method cannot reach it). Best of each column in bold.",
+                  "", f"| method | {head} |", "|---|" + "---|" * len(TARGETS)]
         cells: dict[str, list[tuple[float | None, float | None]]] = {}
         for name, pts in families.items():
-            cells[name] = [(interpolate(pts, t, "mean_psnr"), interpolate(pts, t, "mean_ssim")) for t in TARGETS[:3]]
-        best = [max((c[i][0] for c in cells.values() if c[i][0] is not None), default=None) for i in range(3)]
+            cells[name] = [(interpolate(pts, t, "mean_psnr"), interpolate(pts, t, "mean_ssim")) for t in TARGETS]
+        best = [max((c[i][0] for c in cells.values() if c[i][0] is not None), default=None)
+                for i in range(len(TARGETS))]
         for name, row in cells.items():
             out = []
             for i, (p, ss) in enumerate(row):
@@ -594,6 +583,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--speed-layers", type=int, default=16, help="blocks of the random-weight Wan of sections 1-2")
     p.add_argument("--quality-pairs", type=int, default=16)
     p.add_argument("--tune-iterations", type=int, default=7)
+    p.add_argument("--lines", default="", help="quality: only these lines, separated by '|' (default: all)")
+    p.add_argument("--columns", type=float, nargs="*", default=[], help="quality: only these speeds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default=str(demo.MODEL_FILE), help="the trained model of section 3")
     p.add_argument("--codec", default=str(demo.CODEC_FILE))

@@ -67,6 +67,13 @@ class Generation:
     seconds: float
     calls: int  # forwards of the diffusion model (cond and uncond batched: one per model evaluation)
     computed: int  # of those, the ones that ran the block stack
+    branches: int = 0  # batch rows through the diffusion model (2 per call under CFG)
+    computed_branches: int = 0  # of those, the rows that ran the block stack (CFG-Cache runs one row)
+
+    @property
+    def compute_speedup(self) -> float:
+        """Real compute saved: branch rows an uncached run computes / rows this one computed."""
+        return self.branches / self.computed_branches if self.computed_branches else 1.0
 
 
 def load_model(path: Path = MODEL_FILE) -> Any:
@@ -86,7 +93,9 @@ def load_codec(path: Path = CODEC_FILE) -> cdc.Codec:
 
 @contextmanager
 def count_stack_runs(patcher: Any) -> Iterator[list[int]]:
-    """Count model calls and block-stack runs while sampling: yields ``[calls, stack_runs]``.
+    """Count model calls and block-stack runs while sampling: yields ``[calls, stack_runs, rows, stack_rows]``
+    (rows: batch rows an uncached run would compute, 2 per call when cond and uncond are batched;
+    stack_rows: the rows that ran the block stack, 1 on a call where CFG-Cache ran one branch).
 
     A model call is a forward of the diffusion model (cond and uncond go
     through it as one batch here). The last transformer block runs exactly
@@ -94,13 +103,15 @@ def count_stack_runs(patcher: Any) -> Iterator[list[int]]:
     EasyCache/LazyCache skip the whole model. Forwards, not sampler steps:
     heun, dpm_2 and other samplers call the model more than once per step.
     """
-    counts = [0, 0]
+    counts = [0, 0, 0, 0]
 
-    def on_model(*_: Any) -> None:
+    def on_model(_: Any, args: tuple[Any, ...]) -> None:
         counts[0] += 1
+        counts[2] = max(counts[2], args[0].shape[0])  # rows of a full call; times calls when done
 
-    def on_last(*_: Any) -> None:
+    def on_last(_: Any, args: tuple[Any, ...]) -> None:
         counts[1] += 1
+        counts[3] += args[0].shape[0]
 
     dm = patcher.model.diffusion_model
     handles = [dm.register_forward_pre_hook(on_model), dm.blocks[-1].register_forward_pre_hook(on_last)]
@@ -109,12 +120,13 @@ def count_stack_runs(patcher: Any) -> Iterator[list[int]]:
     finally:
         for h in handles:
             h.remove()
+        counts[2] *= counts[0]  # what an uncached run computes: every call with all its rows
 
 
 def timed_sample(
     patcher: Any, latent: torch.Tensor, positive: Any, negative: Any, settings: Settings, seed: int
-) -> tuple[torch.Tensor, float, int, int]:
-    """One run of ComfyUI's sampler: ``(latent out, seconds, model calls, block-stack runs)``.
+) -> tuple[torch.Tensor, float, list[int]]:
+    """One run of ComfyUI's sampler: ``(latent out, seconds, counts)``, counts as :func:`count_stack_runs` gives.
 
     Inference mode, as ComfyUI's executor samples: no autograd bookkeeping in
     the timings. On a GPU the clock waits for the device at both ends.
@@ -133,7 +145,7 @@ def timed_sample(
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    return out, seconds, counts[0], counts[1]
+    return out, seconds, counts
 
 
 def generate(patcher: Any, codec: cdc.Codec, digit: int, seed: int, settings: Settings) -> Generation:
@@ -141,10 +153,12 @@ def generate(patcher: Any, codec: cdc.Codec, digit: int, seed: int, settings: Se
     latent = torch.zeros(1, cdc.CHANNELS, cdc.FRAMES, cdc.LATENT_SIDE, cdc.LATENT_SIDE)
     positive = [[codec.conditioning(digit), {}]]
     negative = [[codec.conditioning(cdc.EMPTY), {}]]
-    out, seconds, calls, computed = timed_sample(patcher, latent, positive, negative, settings, seed)
+    out, seconds, (calls, computed, rows, computed_rows) = timed_sample(
+        patcher, latent, positive, negative, settings, seed
+    )
     # The sampler returns the stored latent format; the codec reads the model's own.
     frames = codec.decode(patcher.model.process_latent_in(out))[0]
-    return Generation(frames=frames, seconds=seconds, calls=calls, computed=computed)
+    return Generation(frames, seconds, calls, computed, rows, computed_rows)
 
 
 @contextmanager
@@ -183,11 +197,11 @@ def calibrate(
     from comfyui_magcache.calibration import catalog
     from comfyui_magcache.nodes.calibrate_node import MagCacheCalibrate
 
-    recording, file_name = MagCacheCalibrate().calibrate(patcher, name, "replace", level)
+    recording, file_name = MagCacheCalibrate.execute(patcher, name, "replace", level).result
     for i, digit in enumerate(digits):
         generate(recording, codec, digit, seed + i, settings)
         if i == 0:  # later runs join the first one
-            recording, _ = MagCacheCalibrate().calibrate(patcher, name, "combine", level)
+            recording, _ = MagCacheCalibrate.execute(patcher, name, "combine", level).result
     return catalog.load_named_curve(file_name)
 
 

@@ -85,10 +85,18 @@ def test_planner_finds_the_least_predicted_error_among_all_plans(model: ErrorMod
     assert total_error(curve, model, sigmas, skips) == pytest.approx(best, rel=1e-9, abs=1e-12)
 
 
-def test_planner_computes_everything_when_k_and_the_window_leave_no_choice() -> None:
+def test_planner_raises_k_just_enough_to_reach_the_speed() -> None:
     sigmas = [float(s) for s in np.linspace(1.0, 0.0, 11)]
     skips = plan_for_speed(law(), window(k=1), sigmas, (0,), budget=3)
-    assert skips == (False,) * 10
+    assert sum(not s for s in skips) == 3
+    runs = "".join("s" if s else "c" for s in skips).split("c")
+    assert max(len(r) for r in runs) == 3  # 7 skips between 3 computed calls: runs of 3 at least, no longer
+
+
+def test_planner_computes_the_forced_calls_when_the_budget_is_below_them() -> None:
+    sigmas = [float(s) for s in np.linspace(1.0, 0.0, 11)]
+    skips = plan_for_speed(law(), window(k=3, skip_below=sigmas[5]), sigmas, (0,), budget=2)
+    assert skips[:5] == (False,) * 5 and all(skips[5:])
 
 
 def test_budget_of_a_speed() -> None:
