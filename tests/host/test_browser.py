@@ -85,6 +85,18 @@ class PageWatch:
         self.failed.clear()
 
 
+def _pack_errors(watch: PageWatch) -> list[str]:
+    """The page's errors less its refused probes of the examples' model download addresses.
+
+    The examples list their models' download addresses (properties.models);
+    the page of ComfyUI 0.33 (frontend 1.49) asks them for the file sizes of
+    models the test server lacks, and the page's own Content Security Policy
+    refuses it. That is the page's missing-model list at work (test_page.py
+    checks it), not an error of the pack.
+    """
+    return [e for e in watch.errors if not ("Content Security Policy" in e and "https://huggingface.co/" in e)]
+
+
 def _expected_miss(url: str, input_files: set[str]) -> bool:
     """A 404 the page is expected to get from a test server: optional user files, input images it lacks."""
     parsed = urlparse(url)
@@ -164,7 +176,7 @@ def test_example_loads_without_missing_nodes_or_errors(page: tuple[Any, PageWatc
         assert saved[node["id"]][: len(values)] == values, f"node {node['id']} ({node['type']}) changed on load"
 
     input_files = {v for n in workflow["nodes"] if n["type"] == "LoadImage" for v in n["widgets_values"][:1]}
-    assert not watch.errors, watch.errors
+    assert not _pack_errors(watch), watch.errors
     assert all(_expected_miss(url, input_files) for _, url in watch.failed), watch.failed
     assert not watch.offhost, watch.offhost
 
@@ -357,8 +369,7 @@ def test_a_workflow_saved_with_the_first_node_keeps_its_settings(page: tuple[Any
     }
     assert widgets["speed"] == DEFAULT_SPEED
     assert -1 not in (widgets["threshold"], widgets["max_consecutive_skips"], widgets["retention_ratio"])
-    # The old file lists its models' download addresses, which the page probes and the test page refuses.
-    assert not [e for e in watch.errors if "Content Security Policy" not in e], watch.errors
+    assert not _pack_errors(watch), watch.errors
 
 
 @pytest.mark.skipif(not TINY_MODEL.is_file(), reason=NO_TINY_MODEL)
