@@ -165,7 +165,9 @@ class RunState:
         self.schedule = fresh()
         self.plan = simulate(fresh(), self.sigmas, self.roles)
         self.estimator = reuse.make(config.reuse, config.curve)
-        if config.cfg_cache and len(self.roles) > 1:
+        # Only where the run is asked to save anything: threshold 0 or speed 1 stays bit-identical.
+        saves = config.threshold > 0 if config.when is When.RULE else config.speed > 1.0
+        if config.cfg_cache and len(self.roles) > 1 and saves:
             self.cfg = CfgCache()
         if config.when is When.RULE:
             how = f"threshold {config.threshold:g}"

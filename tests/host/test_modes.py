@@ -1,0 +1,116 @@
+"""The speed target, the uniform and adaptive schedules, the reuse estimators and CFG-Cache in the real host.
+
+On tiny Wan 2.1, Flux and Qwen-Image models (the families the issue names),
+sampled with ComfyUI's own sampler: a run asked to save nothing is
+bit-identical to the plain model in every mode; a run asked for 2x runs the
+block stack on exactly the calls its plan (shown in the log) computes, and
+its output parts from the plain run exactly at the plan's first skip; the
+adaptive schedule runs the stack exactly as often as its summary says; and
+CFG-Cache's branch count is what the summary reports.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import tiny_models
+import torch
+from conftest import BlockCounter
+from test_engine import STEPS, all_blocks, family, sample, schedule_curve
+
+from comfyui_magcache.cache import magcache as engine
+from comfyui_magcache.cache.config import Reuse, When
+
+FAMILIES = [f for f in ("wan21_t2v", "flux", "qwen_image") if f in tiny_models.available_families()]
+MODES = [
+    (When.TARGET, Reuse.PLAIN),
+    (When.TARGET, Reuse.SCALED),
+    (When.TARGET, Reuse.EXTRAPOLATED),
+    (When.UNIFORM, Reuse.EXTRAPOLATED),
+    (When.ADAPTIVE, Reuse.PLAIN),
+]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request: pytest.FixtureRequest) -> tiny_models.TinyModel:
+    return tiny_models.build(request.param, seed=0)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny: tiny_models.TinyModel) -> tuple[torch.Tensor, list, int]:
+    counter = BlockCounter(all_blocks(tiny))
+    out, previews = sample(tiny, tiny.patcher)
+    counter.close()
+    return out, previews, counter.calls
+
+
+def attach(tiny: tiny_models.TinyModel, when: When, reuse: Reuse, speed: float, cfg_cache: bool = False):
+    patched = tiny.patcher.clone()
+    fam = family(tiny)
+    config = engine.MagCacheConfig(
+        schedule_curve(tiny.patcher), fam, 0.0, 2, 0.2, level=fam.level, when=when, speed=speed, reuse=reuse,
+        cfg_cache=cfg_cache,
+    )
+    engine.attach(patched, config)
+    return patched
+
+
+def plan_pattern(log_text: str) -> str:
+    found = re.findall(r"computed: ([#.]+)", log_text)
+    assert found, f"no plan line in the log:\n{log_text}"
+    return found[-1]
+
+
+@pytest.mark.parametrize(("when", "reuse"), MODES, ids=lambda m: m.name.lower())
+@pytest.mark.parametrize("cfg_cache", [False, True], ids=["both_branches", "cfg_cache"])
+def test_asking_for_no_speedup_is_bit_identical(tiny, baseline, when, reuse, cfg_cache, magcache_log) -> None:
+    out, _ = sample(tiny, attach(tiny, when, reuse, 1.0, cfg_cache))
+    assert torch.equal(out, baseline[0])
+    assert plan_pattern(magcache_log.text) == "#" * STEPS
+
+
+PLANNED = [m for m in MODES if m[0] is not When.ADAPTIVE]
+
+
+@pytest.mark.parametrize(("when", "reuse"), PLANNED, ids=lambda m: m.name.lower())
+def test_the_stack_runs_exactly_where_the_plan_says(tiny, baseline, when, reuse, magcache_log) -> None:
+    counter = BlockCounter(all_blocks(tiny))
+    out, previews = sample(tiny, attach(tiny, when, reuse, 2.0))
+    counter.close()
+    pattern = plan_pattern(magcache_log.text)
+    assert pattern.count("#") == STEPS // 2  # 2x: half the calls
+    per_call = baseline[2] // STEPS
+    assert counter.calls == pattern.count("#") * per_call
+    diffs = [not torch.equal(a, b) for a, b in zip(previews, baseline[1])]
+    assert diffs.index(True) == pattern.index(".")
+    assert not any(diffs[: pattern.index(".")])
+    assert torch.isfinite(out).all()
+    assert "check failed" not in magcache_log.text
+
+
+def test_adaptive_runs_the_stack_as_often_as_its_summary_says(tiny, baseline, magcache_log) -> None:
+    counter = BlockCounter(all_blocks(tiny))
+    out, _ = sample(tiny, attach(tiny, When.ADAPTIVE, Reuse.PLAIN, 2.0))
+    counter.close()
+    skipped, total = map(int, re.findall(r"on (\d+) of (\d+) model calls", magcache_log.text)[-1])
+    assert total == STEPS and 0 < skipped < STEPS
+    assert counter.calls == (total - skipped) * (baseline[2] // STEPS)
+    assert torch.isfinite(out).all()
+
+
+def test_cfg_cache_runs_one_branch_on_alternate_computed_calls(tiny, baseline, magcache_log) -> None:
+    out, _ = sample(tiny, attach(tiny, When.TARGET, Reuse.PLAIN, 2.0, cfg_cache=True))
+    text = magcache_log.text
+    assert torch.isfinite(out).all()
+    if tiny.cfg == 1.0:
+        assert "CFG-Cache" not in text.split("computed:")[-1]
+        return
+    found = re.findall(r"conditional branch on (\d+) call\(s\): (\d+) of (\d+) branch runs", text)
+    assert found, text
+    cond_only, runs, total = map(int, found[-1])
+    pattern = plan_pattern(text)
+    assert total == 2 * STEPS
+    assert cond_only > 0
+    assert runs == 2 * pattern.count("#") - cond_only
+    assert runs <= total / 2 + 2  # the speed asked for, within rounding of the budget
