@@ -96,7 +96,7 @@ class MagCacheCalibrate(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output(
-                    "model",
+                    "recording_model",  # ids must differ from the inputs' (ComfyUI 0.3.64 checks); shown as "model"
                     display_name="model",
                     tooltip="The model with the recorder attached (sampling is unchanged; the input model is left "
                     "as it was).",

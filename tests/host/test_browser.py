@@ -334,7 +334,7 @@ def _queue_and_wait(tab: Any, node_id: int, timeout: float = 180_000) -> dict[st
     return tab.evaluate("id => window.app.nodeOutputs[String(id)]", node_id)
 
 
-def _text_on(tab: Any, node_id: int, pattern: re.Pattern[str], timeout: float = 30_000) -> str:
+def _text_on(tab: Any, node_id: int, pattern: re.Pattern[str], timeout: float = 90_000) -> str:
     """The text the page shows in the node's box, once it matches ``pattern``."""
     tab.wait_for_function(
         "([id, name, source]) => { const w = (window.app.graph.getNodeById(id).widgets || [])"
@@ -454,7 +454,7 @@ def test_calibrate_and_curve_plot_show_the_saved_file_and_the_plot_on_their_node
     tab.wait_for_function(
         "id => { const o = (window.app.nodeOutputs || {})[String(id)]; return !!(o && o.images && o.images.length); }",
         arg=calibrate,
-        timeout=30_000,
+        timeout=90_000,
     )
     shown = tab.evaluate("id => window.app.nodeOutputs[String(id)].images[0]", calibrate)
     assert (comfy_server.base / "temp" / shown["subfolder"] / shown["filename"]).is_file()
