@@ -114,3 +114,31 @@ def test_cfg_cache_runs_one_branch_on_alternate_computed_calls(tiny, baseline, m
     assert cond_only > 0
     assert runs == 2 * pattern.count("#") - cond_only
     assert runs <= total / 2 + 2  # the speed asked for, within rounding of the budget
+
+
+@pytest.mark.parametrize("scheduler", ["simple", "normal", "beta"])
+def test_retention_computes_that_fraction_of_the_steps_at_every_step_count(scheduler) -> None:
+    """Retention 0.2 computes the calls that start in the first 20% of the schedule: 10 of 50, 6 of 30, 7 of 33.
+
+    Before, a float32 sigma on the bound counted as above it (11 of 50), and
+    schedulers that put the "20%" call a model timestep early made it 7 of 30.
+    """
+    import comfy.samplers
+
+    from comfyui_magcache.cache.policy import plan_run
+
+    tiny = tiny_models.build("wan21_t2v", seed=0)
+    sampling = tiny.patcher.model.model_sampling
+    config = engine.MagCacheConfig(schedule_curve(tiny.patcher), family(tiny), 100.0, 1000, 0.2)
+    wrong = {}
+    for steps in range(10, 101):
+        sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps)
+        plan = plan_run(config.curve, config.settings_for(sampling), [float(s) for s in sigmas], (0, 1))
+        retained = plan.skips.index(True)
+        if scheduler == "simple":
+            expected = -(-steps // 5)  # ceil(0.2 * steps)
+        else:  # other spacings: the calls whose place on the schedule is below 20%
+            expected = sum(engine.sigma_to_percent(sampling, float(s)) < 0.2 - 0.0015 for s in sigmas[:-1])
+        if retained != max(expected, 1):
+            wrong[steps] = (retained, expected)
+    assert not wrong
