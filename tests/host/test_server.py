@@ -27,6 +27,7 @@ from comfy_server import (
     TINY_MODEL,
     TINY_WORKFLOW,
     ComfyServer,
+    ServerError,
 )
 from packaging.specifiers import SpecifierSet
 from PIL import Image
@@ -284,6 +285,12 @@ def test_a_replaced_curve_file_is_picked_up_and_a_deleted_one_refused(
     assert run() == first + 1
     curve.unlink()
     status, body = comfy_server.queue(prompt)
+    if status == 200 and comfyui_version(ROOT).startswith("0.3."):
+        # ComfyUI 0.3.64 does not check a V3 node's combo choices when the prompt is queued; the node refuses it.
+        refused = f"MagCache input 'curve': no saved curve named '{curve.name}'"
+        with pytest.raises(ServerError, match=re.escape(refused)):
+            comfy_server.wait_history(body["prompt_id"], timeout=120)
+        return
     assert status == 400, body
     errors = body["node_errors"][node_id]["errors"]
     assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [("value_not_in_list", "curve")]
