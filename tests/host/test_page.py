@@ -258,8 +258,8 @@ CARD_PICTURE = """name => {
         .find(e => e.children.length === 0 && e.textContent.trim() === name);
     let card = title;
     while (card && !card.querySelector('img')) card = card.parentElement;
-    const img = card && card.querySelector('img');
-    return img && img.complete ? [img.naturalWidth, img.naturalHeight] : null;
+    const shown = card && [...card.querySelectorAll('img')].find(i => i.complete && i.naturalWidth > 0);
+    return shown ? [shown.naturalWidth, shown.naturalHeight] : null;
 }"""
 
 
