@@ -207,12 +207,9 @@ def calibrate(
 
 def with_magcache(patcher: Any, curve_name: str, **overrides: Any) -> Any:
     """The MagCache node applied to ``patcher`` with the saved curve (recommended settings unless overridden)."""
-    from comfyui_magcache.nodes.magcache_node import RECOMMENDED, MagCacheApply
+    from comfyui_magcache.nodes.magcache_node import MagCacheApply
 
-    kw = {"threshold": RECOMMENDED, "max_consecutive_skips": RECOMMENDED, "retention_ratio": RECOMMENDED}
-    kw.update(overrides)
-    (patched,) = MagCacheApply().apply(patcher, curve_name, start=0.0, end=1.0, cache_device="compute", **kw)
-    return patched
+    return MagCacheApply.execute(patcher, curve=curve_name, **overrides).result[0]
 
 
 def _frames_strip(frames: torch.Tensor, zoom: int) -> np.ndarray:
