@@ -337,10 +337,17 @@ def quality_lines(one: Any, arch: Any, retention: float, k: int) -> list[tuple[s
     for reuse in (Reuse.SCALED, Reuse.EXTRAPOLATED):
         lines.append((f"speed target, {reuse.value} reuse", replace(base, when=When.TARGET, reuse=reuse)))
     lines.append(("speed target, no retention", replace(base, when=When.TARGET, retention=0.0)))
+    lines.append(("speed target, no retention, extrapolated reuse",
+                  replace(base, when=When.TARGET, retention=0.0, reuse=Reuse.EXTRAPOLATED)))
+    lines.append(("speed target, no retention, error vector x step, extrapolated reuse",
+                  replace(base, when=When.TARGET, retention=0.0, reuse=Reuse.EXTRAPOLATED,
+                          error_model=ErrorModel.DIRECTION)))
     lines.append(("speed target + CFG-Cache", replace(base, when=When.TARGET, cfg_cache=True)))
     lines.append(("adaptive (AdaCache)", replace(base, when=When.ADAPTIVE)))
     lines.append(("adaptive (AdaCache), extrapolated reuse", replace(base, when=When.ADAPTIVE,
                                                                       reuse=Reuse.EXTRAPOLATED)))
+    lines.append(("adaptive (AdaCache), no retention, extrapolated reuse",
+                  replace(base, when=When.ADAPTIVE, retention=0.0, reuse=Reuse.EXTRAPOLATED)))
     return lines
 
 
@@ -626,6 +633,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tune-iterations", type=int, default=7)
     p.add_argument("--mode", default="rule", choices=sorted(SPEED_MODES), help="sections 1-2: the mode timed")
     p.add_argument("--lines", default="", help="quality: only these lines, separated by '|' (default: all)")
+    p.add_argument("--append", action="store_true", help="quality: keep the other lines of quality.json")
     p.add_argument("--columns", type=float, nargs="*", default=[], help="quality: only these speeds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default=str(demo.MODEL_FILE), help="the trained model of section 3")
@@ -644,6 +652,12 @@ def main(argv: list[str] | None = None) -> None:
                   "gpu": section_gpu}[name](args)
         result["section_seconds"] = time.time() - start
         result["command"] = command
+        if name == "quality" and args.append and _read("quality"):
+            # Lines measured in an earlier run stay; lines measured now replace theirs.
+            earlier = _read("quality") or {}
+            now = {p["method"] for p in result["points"]}
+            result["points"] = [p for p in earlier["points"] if p["method"] not in now] + result["points"]
+            result["command"] = f"{earlier.get('command')}; then {command}"
         _write(mode_file(name, args.mode) if name in ("overhead", "speedup") else name, result)
         if name == "quality":
             quality_plot(result)
