@@ -67,7 +67,8 @@ class AdaptiveSchedule:
         self._computed += 1
         # Until the measurement of this call arrives (observe), reuse at the base rate: the plan shown before
         # sampling, and what a run does when nothing is measured.
-        self._reuse_left = min(int(self._base()), self.settings.max_skips)
+        base = self._base()
+        self._reuse_left = min(int(base), self._cap(base))
         return False
 
     def observe(self, change: float, motion: float) -> None:
@@ -87,8 +88,14 @@ class AdaptiveSchedule:
         factor = next(f for bound, f in CODEBOOK if relative < bound)
         self._set_reuse(factor)
 
+    def _cap(self, base: float) -> int:
+        """K, raised (like the planner's) only as far as the base rate needs: the speed is what was asked."""
+        return max(self.settings.max_skips, math.ceil(base))
+
     def _set_reuse(self, factor: float) -> None:
-        wanted = self._base() * factor + self._carry
-        count = min(int(wanted), self.settings.max_skips)
-        self._carry = wanted - count if count < self.settings.max_skips else 0.0
+        base = self._base()
+        cap = self._cap(base)
+        wanted = base * factor + self._carry
+        count = min(int(wanted), cap)
+        self._carry = wanted - count if count < cap else 0.0
         self._reuse_left = count
