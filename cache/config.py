@@ -51,6 +51,18 @@ DEFAULT_REUSE = Reuse.PLAIN
 DEFAULT_CFG_CACHE = False
 
 
+def recommended_retention(when: When, curve_retention: float) -> float:
+    """The retention "recommended by the curve" for a schedule: the curve's for the paper's rule, none otherwise.
+
+    The rule needs it: its error estimate barely grows where the curve is flat,
+    so without retention it would spend its skips in the first, layout-setting
+    steps. The speed target places every computed call itself, and measured
+    better without it: on the embedded model, 16 pairs, 2x, 33.06 dB / SSIM
+    0.977 without against 27.53 dB / 0.937 with 0.2 (benchmarks/results/RESULTS.md).
+    """
+    return curve_retention if when is When.RULE else 0.0
+
+
 #: Fraction of the schedule within which a call counts as on a window bound (1.5 of 1000 model timesteps).
 PERCENT_SLACK = 0.0015
 

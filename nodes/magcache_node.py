@@ -27,6 +27,7 @@ from ..cache.config import (
     MagCacheConfig,
     Reuse,
     When,
+    recommended_retention,
 )
 from ..cache.magcache import attach
 from ..calibration import catalog
@@ -68,6 +69,18 @@ LEGACY: dict[str, Any] = {
 _SCHEDULES_BY_SPEED = ", ".join(f"'{w.value}'" for w in When if w is not When.RULE)
 
 
+#: Words users type into the node search for a caching node (frontend 1.49+ searches aliases).
+SEARCH_ALIASES = ["teacache", "cache", "speed up", "faster", "magcache"]
+
+
+def search_aliases(aliases: list[str]) -> dict[str, Any]:
+    """``search_aliases`` for ``io.Schema`` where this ComfyUI's schema has the field (0.33), else nothing."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(io.Schema)} if dataclasses.is_dataclass(io.Schema) else set()
+    return {"search_aliases": aliases} if "search_aliases" in fields else {}
+
+
 def short(text: str, limit: int = 48) -> str:
     """``text`` trimmed in the middle to ``limit`` characters, so long curve names keep log lines readable."""
     if len(text) <= limit:
@@ -92,6 +105,7 @@ class MagCacheApply(io.ComfyNode):
                 "sampler; every input works at its default. After a run the node shows which steps it computed "
                 "and how much time it saved."
             ),
+            **search_aliases(SEARCH_ALIASES),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to speed up."),
                 io.Float.Input(
@@ -311,7 +325,7 @@ def build_config(values: dict[str, Any], curve: MagnitudeCurve, family: Family, 
         family=family,
         threshold=float(pick("threshold", rec.threshold)),
         max_skips=int(pick("max_consecutive_skips", rec.max_skips)),
-        retention=float(pick("retention_ratio", rec.retention)),
+        retention=float(pick("retention_ratio", recommended_retention(When(values["schedule"]), rec.retention))),
         start=start,
         end=end,
         offload_cache=values["cache_device"] == "offload",

@@ -140,7 +140,13 @@ def test_settings_choose_between_the_curves_values_and_the_numbers() -> None:
     custom = {**GOOD, "settings": CUSTOM, "threshold": 0.5, "max_consecutive_skips": 7, "retention_ratio": 0.4}
     by_curve = config_of(run_node(wan.patcher, **{**custom, "settings": BY_CURVE}))
     rec = catalog.Recommended.of(by_curve.curve)
-    assert (by_curve.threshold, by_curve.max_skips, by_curve.retention) == (rec.threshold, rec.max_skips, rec.retention)
+    # The curve's retention is the rule's; the speed schedules place every computed call themselves.
+    expected_retention = rec.retention if by_curve.when is When.RULE else 0.0
+    assert (by_curve.threshold, by_curve.max_skips, by_curve.retention) == (
+        rec.threshold, rec.max_skips, expected_retention,
+    )
+    rule = config_of(run_node(wan.patcher, **{**custom, "settings": BY_CURVE, "schedule": When.RULE.value}))
+    assert rule.retention == rec.retention
     mine = config_of(run_node(wan.patcher, **custom))
     assert (mine.threshold, mine.max_skips, mine.retention) == (0.5, 7, 0.4)
     assert (mine.when.value, mine.speed, mine.node_id) == (GOOD["schedule"], GOOD["speed"], None)
