@@ -326,7 +326,8 @@ def quality_lines(one: Any, arch: Any, retention: float, k: int) -> list[tuple[s
     All from the one-sample curve. The uniform lines compute every k-th call from the first (no retention):
     the baseline as the issue states it.
     """
-    base = MagCacheConfig(one, arch, 0.0, k, retention)
+    # The lines that name no error model were measured with "magnitude x step" (the config's default then).
+    base = MagCacheConfig(one, arch, 0.0, k, retention, error_model=ErrorModel.STEP)
     lines = [(f"MagCache rule (paper), K={kk}", replace(base, max_skips=kk)) for kk in (2, 3)]
     for reuse in Reuse:
         name = "uniform" if reuse is Reuse.PLAIN else f"uniform, {reuse.value} reuse"
