@@ -205,6 +205,16 @@ def calibrate(
     return catalog.load_named_curve(file_name)
 
 
+def page_defaults() -> dict[str, Any]:
+    """The MagCache node's inputs as a new node in the page has them (an API call without them gets the
+    first node's behaviour instead, the paper's rule)."""
+    from comfyui_magcache.cache.config import DEFAULT_CFG_CACHE, DEFAULT_REUSE, DEFAULT_SPEED, DEFAULT_WHEN
+    from comfyui_magcache.nodes.magcache_node import BY_CURVE
+
+    return {"speed": DEFAULT_SPEED, "schedule": DEFAULT_WHEN.value, "reuse": DEFAULT_REUSE.value,
+            "cfg_cache": DEFAULT_CFG_CACHE, "settings": BY_CURVE}
+
+
 def with_magcache(patcher: Any, curve_name: str, **overrides: Any) -> Any:
     """The MagCache node applied to ``patcher`` with the saved curve (recommended settings unless overridden)."""
     from comfyui_magcache.nodes.magcache_node import MagCacheApply
@@ -267,8 +277,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bar.set_postfix_str("calibrating")
         curve = calibrate(patcher, codec, [args.calibration_digit], args.seed + 1000, settings, CURVE_NAME)
         bar.update(1)
-        cached_model = with_magcache(patcher, f"{CURVE_NAME}.safetensors")
-        (plot,) = MagCacheCurvePlot().plot(f"{CURVE_NAME}.safetensors", samples=True)
+        cached_model = with_magcache(patcher, f"{CURVE_NAME}.safetensors", **page_defaults())
+        (plot,) = MagCacheCurvePlot.execute(f"{CURVE_NAME}.safetensors", samples=True).result
     rows = []
     for digit in digits:
         bar.set_postfix_str(f"digit {digit}: uncached")
