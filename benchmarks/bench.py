@@ -662,6 +662,7 @@ def main(argv: list[str] | None = None) -> None:
         _write(mode_file(name, args.mode) if name in ("overhead", "speedup") else name, result)
         if name == "quality":
             quality_plot(result)
+            (RESULTS / "quality_partial.json").unlink(missing_ok=True)  # the run finished: the whole is written
     report(command.strip())
     print(f"wrote {RESULTS / 'RESULTS.md'}")
 
