@@ -297,6 +297,15 @@ def test_add_magcache_by_search_connect_and_run(
     assert len(PLAN.findall(comfy_server.log())) == runs_before + 1, "the queued run did not go through MagCache"
     assert seconds < 60
 
+    # The node's box grows with the text the run sent (curve, plan, summary) only on a resize: fit it, so
+    # the screenshot shows all of it.
+    tab.wait_for_timeout(500)
+    tab.evaluate(
+        "id => { const n = window.app.graph.getNodeById(id); const h = n.computeSize()[1];"
+        " n.setSize([Math.max(n.size[0], 330), Math.max(n.size[1], h)]);"
+        " window.app.graph.setDirtyCanvas(true, true); }",
+        added,
+    )
     tab.mouse.move(canvas["x"] + canvas["width"] - 5, canvas["y"] + canvas["height"] / 2)
     tab.wait_for_timeout(1500)  # the preview image loads and the canvas redraws
     shot = README_SCREENSHOT if os.environ.get("MAGCACHE_UPDATE_SCREENSHOT") == "1" else tmp_path / "screenshot.png"
