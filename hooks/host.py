@@ -60,7 +60,7 @@ def show_text(node_id: str | None, text: str) -> None:
 
     The page shows only the last progress text a node got, so the lines sent
     within one prompt (the curve chosen, each run's plan and summary) are sent
-    together; a new prompt starts the box over. A no-op without a node id or
+    together, newest first; a new prompt starts the box over. A no-op without a node id or
     outside a server (tests, scripts): the log line the caller also writes is
     then the only record.
     """
@@ -79,7 +79,8 @@ def show_text(node_id: str | None, text: str) -> None:
     last_prompt, lines = _shown.get(node_id, (None, []))
     lines = [*lines, text] if prompt is not None and prompt == last_prompt else [text]
     _shown[node_id] = (prompt, lines[-SHOWN_LINES:])
-    send("\n\n".join(_shown[node_id][1]), node_id)
+    # Newest first: the box shows what fits, and the run's summary is what the user looks for.
+    send("\n\n".join(reversed(_shown[node_id][1])), node_id)
 
 
 def _prompt_id() -> str | None:

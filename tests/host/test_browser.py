@@ -302,7 +302,7 @@ def test_add_magcache_by_search_connect_and_run(
     tab.wait_for_timeout(500)
     tab.evaluate(
         "id => { const n = window.app.graph.getNodeById(id); const h = n.computeSize()[1];"
-        " n.setSize([Math.max(n.size[0], 330), Math.max(n.size[1], h)]);"
+        " n.setSize([Math.max(n.size[0], 330), Math.max(n.size[1], h) + 140]);"
         " window.app.graph.setDirtyCanvas(true, true); }",
         added,
     )
