@@ -36,6 +36,7 @@ def _low_mask(h: int, w: int, device: torch.device) -> torch.Tensor:
 @dataclass
 class _Delta:
     value: torch.Tensor  # uncond - cond output
+    spectrum: torch.Tensor  # its 2-D real FFT over height and width, computed once at the full call
     sigma: float
     norms: torch.Tensor  # [low, high] frequency norms, on the device (read only when rebuilding)
 
@@ -57,19 +58,14 @@ class CfgCache:
         self.computed_in_window += 1
         return self.computed_in_window % 2 == 0
 
-    @staticmethod
-    def _split_norms(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def store(self, cond: torch.Tensor, uncond: torch.Tensor, sigma: float) -> None:
+        """Both branches ran at ``sigma``: keep their difference and its spectrum (no read from the device here)."""
+        delta = uncond - cond
         spec = torch.fft.rfft2(delta.float())
         mask = _low_mask(delta.shape[-2], delta.shape[-1], delta.device)
-        low = (spec * mask).abs().square().sum().sqrt()
-        high = (spec * (1 - mask)).abs().square().sum().sqrt()
-        return spec, torch.stack((low, high))
-
-    def store(self, cond: torch.Tensor, uncond: torch.Tensor, sigma: float) -> None:
-        """Both branches ran at ``sigma``: keep their difference (no read from the device here)."""
-        delta = uncond - cond
-        _, norms = self._split_norms(delta)
-        self.before, self.last = self.last, _Delta(delta, sigma, norms)
+        low, high = (spec * mask).abs().square().sum().sqrt(), (spec * (1 - mask)).abs().square().sum().sqrt()
+        norms = torch.stack((low, high))
+        self.before, self.last = self.last, _Delta(delta, spec, sigma, norms)
         self._growth = None
 
     def rebuild(self, cond: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -86,7 +82,6 @@ class CfgCache:
         self.cond_only_calls += 1
         if w_low == w_high:
             return cond + last.value * w_low
-        spec = torch.fft.rfft2(last.value.float())
-        mask = _low_mask(spec.shape[-2], last.value.shape[-1], spec.device)
-        weighted = torch.fft.irfft2(spec * (w_high + (w_low - w_high) * mask), s=last.value.shape[-2:])
+        mask = _low_mask(last.value.shape[-2], last.value.shape[-1], last.spectrum.device)
+        weighted = torch.fft.irfft2(last.spectrum * (w_high + (w_low - w_high) * mask), s=last.value.shape[-2:])
         return cond + weighted.to(cond.dtype)
