@@ -29,6 +29,10 @@ Sections:
    with thresholds tuned to the same numbers, and a uniform schedule
    (compute evenly spaced steps) of the same budget. Uniform runs reuse the
    residual exactly as MagCache does; only the choice of steps differs.
+3b. **forecasts** (``--sections forecasts``): every reuse (plain, scaled, the
+   damped and undamped lines, the parabola, the Chebyshev fit) on the uniform
+   schedule and on the speed target, at 1.5x-4x, over a matrix of samplers and
+   step counts (``--protocols``), on the embedded model.
 4. **gpu** (``--gpu``): Wan 2.1 1.3B's full architecture with random weights
    at 480p (81 frames, or fewer with ``--frames``), the preset at its
    recommended settings: seconds per step, total and speedup against plain.
@@ -466,6 +470,105 @@ def section_quality(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: The forecasts section's protocols: sampler, steps, scheduler (cfg 5, the tiny Wan's own).
+PROTOCOLS = ("euler:50:simple", "uni_pc:30:simple", "dpmpp_2m:20:simple", "res_multistep:30:beta")
+#: Its speeds (calls of the block stack an uncached run makes / calls this one makes).
+FORECAST_SPEEDS = (1.5, 2.0, 3.0, 4.0)
+
+
+def forecast_lines(one: Any, arch: Any) -> list[tuple[str, MagCacheConfig]]:
+    """The forecasts section's lines: every reuse on the uniform schedule and on the speed target.
+
+    No retention anywhere (the speed target's default), the vector error model for the target.
+    """
+    base = MagCacheConfig(one, arch, 0.0, 3, 0.0, error_model=ErrorModel.DIRECTION)
+    lines = []
+    for when in (When.UNIFORM, When.TARGET):
+        for reuse in Reuse:
+            lines.append((f"{when.value}, {reuse.value}", replace(base, when=when, reuse=reuse)))
+    return lines
+
+
+def parse_protocol(text: str) -> demo.Settings:
+    sampler, steps, scheduler = text.split(":")
+    return demo.Settings(steps=int(steps), cfg=SETTINGS.cfg, sampler=sampler, scheduler=scheduler)
+
+
+def section_forecasts(args: argparse.Namespace) -> dict[str, Any]:
+    """Every reuse (plain, scaled, the damped and undamped lines, the parabola, the Chebyshev fit) on the uniform
+    schedule and the speed target, at 1.5x-4x, over several samplers and step counts, on the embedded tiny Wan.
+
+    Speed here is model calls / calls that ran the stack (no CFG-Cache in these lines, so it equals the
+    branch-run speed). One calibration sample (euler, 50 steps) serves every protocol: the curve is indexed
+    by sigma.
+    """
+    import tempfile
+
+    patcher = demo.load_model(Path(args.model))
+    codec = demo.load_codec(Path(args.codec))
+    pairs = [(i % cdc.NUM_DIGITS, 100 + i) for i in range(args.forecast_pairs)]
+    with tempfile.TemporaryDirectory() as tmp, demo.curve_folder(Path(tmp)):
+        one = demo.calibrate(patcher, codec, [3], 1000, SETTINGS, "bench_one_sample")
+    arch = family_of(patcher.model.diffusion_model, patcher.model.model_config)
+    chosen = set(args.lines.split("|")) if args.lines else None
+    lines = [(n, c) for n, c in forecast_lines(one, arch) if chosen is None or n in chosen]
+    protocols = [x for x in args.protocols.split(",") if x]
+    speeds = args.columns or list(FORECAST_SPEEDS)
+    points: list[dict[str, Any]] = []
+    for proto in protocols:
+        settings = parse_protocol(proto)
+        refs = {p: demo.generate(patcher, codec, p[0], p[1], settings) for p in pairs}
+        a = torch.stack([refs[p].frames for p in pairs])
+        for name, config in lines:
+            for speed in speeds:
+                model = patcher.clone()
+                engine.attach(model, replace(config, speed=speed))
+                gens = [demo.generate(model, codec, d, s_, settings) for d, s_ in pairs]
+                b = torch.stack([g.frames for g in gens])
+                psnr, ssim = metrics.psnr(b, a), metrics.ssim(b, a)
+                point = {"protocol": proto, "method": name, "speed_asked": speed,
+                         "speedup": sum(g.calls for g in gens) / max(sum(g.computed for g in gens), 1),
+                         "mean_psnr": float(psnr.mean()), "mean_ssim": float(ssim.mean()),
+                         "psnr": psnr.tolist(), "ssim": ssim.tolist()}
+                points.append(point)
+                print(f"  {proto} | {name} @ {speed:g}x: {point['speedup']:.2f}x, PSNR {point['mean_psnr']:.2f} dB, "
+                      f"SSIM {point['mean_ssim']:.4f}", flush=True)
+                _write("forecasts_partial", {"points": points})
+    return {"pairs": pairs, "protocols": protocols, "speeds": speeds, "cfg": SETTINGS.cfg, "points": points}
+
+
+def forecast_table(f: dict[str, Any]) -> list[str]:
+    """RESULTS.md's forecasts table: mean PSNR / SSIM over the protocols per line and speed, then per protocol."""
+    speeds = f["speeds"]
+    by: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    for p in f["points"]:
+        by.setdefault(p["method"], {}).setdefault(p["speed_asked"], []).append(p)
+    head = " | ".join(f"{s:g}x" for s in speeds)
+    out = ["", f"## Forecasts over the protocol matrix ({len(f['pairs'])} prompt/seed pairs, cfg {f['cfg']:g}, "
+           f"embedded tiny Wan 2.1; protocols {', '.join(f['protocols'])})", "",
+           "Mean over the protocols of the mean PSNR in dB / SSIM against the uncached run at each speed asked "
+           "(model calls / calls that ran the stack; the realized speed equals it within rounding). "
+           "Best of each column in bold.", "", f"| method | {head} |", "|---|" + "---|" * len(speeds)]
+    means = {m: {s: (statistics.mean(p["mean_psnr"] for p in v[s]), statistics.mean(p["mean_ssim"] for p in v[s]))
+                 for s in v} for m, v in by.items()}
+    best = {s: max((v[s][0] for v in means.values() if s in v), default=None) for s in speeds}
+    for m, v in means.items():
+        cells = []
+        for s in speeds:
+            if s not in v:
+                cells.append("-")
+                continue
+            text = f"{v[s][0]:.2f} / {v[s][1]:.3f}"
+            cells.append(f"**{text}**" if best[s] is not None and abs(v[s][0] - best[s]) < 1e-9 else text)
+        out.append(f"| {m} | {' | '.join(cells)} |")
+    out += ["", "Per protocol (PSNR dB):", "", f"| protocol | method | {head} |", "|---|---|" + "---|" * len(speeds)]
+    for proto in f["protocols"]:
+        for m, v in by.items():
+            row = {p["speed_asked"]: p["mean_psnr"] for s in speeds for p in v.get(s, []) if p["protocol"] == proto}
+            out.append(f"| {proto} | {m} | " + " | ".join(f"{row[s]:.2f}" if s in row else "-" for s in speeds) + " |")
+    return out
+
+
 def _curve_summary(curve: Any) -> dict[str, Any]:
     rc = curve.roles["cond"]
     return {"sigma": list(rc.sigma), "ratio": list(rc.ratio), "runs": len(curve.metadata.get("runs", []) or [])}
@@ -618,6 +721,10 @@ def report(command: str) -> None:
         for p in q["points"]:
             lines.append(f"| {p['method']} | {p['knob']:.4g} | {p['speedup']:.2f}x | {p['mean_psnr']:.2f} "
                          f"| {p['mean_ssim']:.4f} |")
+    fc = _read("forecasts")
+    if fc:
+        minutes = fc.get("section_seconds", 0) / 60
+        lines += [*forecast_table(fc), "", f"Command: `{fc.get('command')}` ({minutes:.0f} minutes on this machine)."]
     (RESULTS / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
@@ -632,10 +739,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--speed-layers", type=int, default=16, help="blocks of the random-weight Wan of sections 1-2")
     p.add_argument("--quality-pairs", type=int, default=16)
     p.add_argument("--tune-iterations", type=int, default=7)
+    p.add_argument("--forecast-pairs", type=int, default=8, help="forecasts: prompt/seed pairs per cell")
+    p.add_argument("--protocols", default=",".join(PROTOCOLS),
+                   help="forecasts: sampler:steps:scheduler, comma-separated")
     p.add_argument("--mode", default="rule", choices=sorted(SPEED_MODES), help="sections 1-2: the mode timed")
-    p.add_argument("--lines", default="", help="quality: only these lines, separated by '|' (default: all)")
+    p.add_argument("--lines", default="", help="quality, forecasts: only these lines, separated by '|' (default: all)")
     p.add_argument("--append", action="store_true", help="quality: keep the other lines of quality.json")
-    p.add_argument("--columns", type=float, nargs="*", default=[], help="quality: only these speeds")
+    p.add_argument("--columns", type=float, nargs="*", default=[], help="quality, forecasts: only these speeds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default=str(demo.MODEL_FILE), help="the trained model of section 3")
     p.add_argument("--codec", default=str(demo.CODEC_FILE))
@@ -650,7 +760,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"== section {name}", flush=True)
         start = time.time()
         result = {"overhead": section_overhead, "speedup": section_speedup, "quality": section_quality,
-                  "gpu": section_gpu}[name](args)
+                  "forecasts": section_forecasts, "gpu": section_gpu}[name](args)
         result["section_seconds"] = time.time() - start
         result["command"] = command
         if name == "quality" and args.append and _read("quality"):
@@ -660,6 +770,18 @@ def main(argv: list[str] | None = None) -> None:
             result["points"] = [p for p in earlier["points"] if p["method"] not in now] + result["points"]
             result["command"] = f"{earlier.get('command')}; then {command}"
         _write(mode_file(name, args.mode) if name in ("overhead", "speedup") else name, result)
+        if name == "forecasts":
+            earlier = _read("forecasts") if args.append else None
+            if earlier:
+                def key(p: dict[str, Any]) -> tuple[Any, ...]:
+                    return p["protocol"], p["method"], p["speed_asked"]
+                now = {key(p) for p in result["points"]}
+                result["points"] = [p for p in earlier["points"] if key(p) not in now] + result["points"]
+                result["protocols"] = list(dict.fromkeys(earlier["protocols"] + result["protocols"]))
+                result["speeds"] = sorted(set(earlier["speeds"]) | set(result["speeds"]))
+                result["section_seconds"] += earlier.get("section_seconds", 0.0)
+                result["command"] = f"{earlier.get('command')}; then {command}"
+            (RESULTS / "forecasts_partial.json").unlink(missing_ok=True)
         if name == "quality":
             quality_plot(result)
             (RESULTS / "quality_partial.json").unlink(missing_ok=True)  # the run finished: the whole is written

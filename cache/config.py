@@ -7,9 +7,10 @@ A cached run has three parts, each chosen here and each one file in this package
   them where the curve predicts the least error (``planner.py``), a uniform
   schedule, or an adaptive one that reacts to how much the residual changes
   (``adaptive.py``);
-* **what** a skipped call reuses (:class:`Reuse`, ``reuse.py``): the last
-  residual as it is, scaled by the curve's ratio, or extrapolated from the
-  last two computed ones;
+* **what** a skipped call reuses (:class:`Reuse`, ``estimators.py`` and one
+  file per estimator): the last residual as it is, scaled by the curve's
+  ratio, or forecast from several computed ones (a line or a parabola in
+  sigma, a Chebyshev fit; FasterCache's damped line for older workflows);
 * **which branches** a computed call runs (``cfg_cache``, ``branches.py``):
   both, or, on every other computed call, only the conditional one with the
   unconditional rebuilt from the cached difference.
@@ -41,7 +42,10 @@ class Reuse(str, Enum):
 
     PLAIN = "plain"  # the last computed residual (the paper)
     SCALED = "scaled"  # the last residual times the magnitude ratio the curve predicts since it
-    EXTRAPOLATED = "extrapolated (FasterCache)"  # linear in sigma from the last two computed residuals
+    EXTRAPOLATED = "extrapolated (FasterCache)"  # linear in sigma from the last two, damped by progress
+    LINEAR = "forecast: line"  # the line through the last two computed residuals, in sigma (undamped)
+    QUADRATIC = "forecast: parabola"  # the parabola through the last three
+    SPECTRAL = "forecast: Chebyshev fit (Spectrum)"  # a ridge fit over the last few, blended with the line
 
 
 #: The node's defaults: the combination the quality benchmark found best (benchmarks/results/RESULTS.md,

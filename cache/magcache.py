@@ -39,7 +39,7 @@ from ..hooks.host import arg, show_text, with_arg
 from ..hooks.sites import Batch, RunHooks
 from ..hooks.wrappers import MAGCACHE_KEY, apply_model_wrapper, run_scope
 from ..hooks.wrappers import attach as attach_wrappers
-from . import reuse
+from . import estimators, reuse
 from .adaptive import AdaptiveSchedule
 from .branches import CfgCache
 from .config import MagCacheConfig, When
@@ -164,7 +164,7 @@ class RunState:
         fresh = make_schedule(config, settings, self.sigmas, self.roles)
         self.schedule = fresh()
         self.plan = simulate(fresh(), self.sigmas, self.roles)
-        self.estimator = reuse.make(config.reuse, config.curve)
+        self.estimator = estimators.make(config.reuse, config.curve, self.sigmas)
         # Only where the run is asked to save anything: threshold 0 or speed 1 stays bit-identical.
         saves = config.threshold > 0 if config.when is When.RULE else config.speed > 1.0
         if config.cfg_cache and len(self.roles) > 1 and saves:
@@ -279,14 +279,19 @@ class RunState:
         if any(p is None or not isinstance(p.last, torch.Tensor) or tuple(p.last.shape) != want for p in parts):
             return None
         entries: list[reuse.Entry] = parts  # type: ignore[assignment]
-        last = torch.cat([p.last.to(device, non_blocking=True) for p in entries])  # type: ignore[union-attr]
-        if len({p.sigma for p in entries}) > 1:
-            return reuse.Entry(last, min(p.sigma for p in entries))
-        previous = None
-        if all(isinstance(p.previous, torch.Tensor) and p.previous_sigma == entries[0].previous_sigma for p in entries):
-            previous = torch.cat([p.previous.to(device, non_blocking=True) for p in entries])  # type: ignore[union-attr]
-        previous_sigma = entries[0].previous_sigma if previous is not None else None
-        return reuse.Entry(last, entries[0].sigma, previous, previous_sigma)
+        # The histories joined point by point where every piece was computed at the same sigmas; else the
+        # last residuals alone (CFG-Cache ran one branch since), at the earliest of their sigmas.
+        common = min(len(p.points) for p in entries)
+        while common > 1 and len({tuple(p.sigmas()[-common:]) for p in entries}) > 1:
+            common -= 1
+        if common == 1 and len({p.sigma for p in entries}) > 1:
+            last = torch.cat([p.last.to(device, non_blocking=True) for p in entries])  # type: ignore[union-attr]
+            return reuse.entry(last, min(p.sigma for p in entries))
+        points = tuple(
+            (entries[0].points[i][0], torch.cat([p.points[i][1].to(device, non_blocking=True) for p in entries]))
+            for i in range(-common, 0)
+        )
+        return reuse.Entry(points)
 
     def store(self, batch: Batch, residual: hidden.Hidden) -> None:
         ev = self.evaluation
@@ -295,7 +300,7 @@ class RunState:
             residual = hidden.to(residual, self.cache_device)
         uuids = batch.uuids
         pieces = hidden.chunk(residual, len(uuids)) if uuids else None
-        keep = self.estimator.keeps_previous
+        keep = self.estimator.keeps
         with self.lock:
             before = self.by_batch.get(uuids)
             # A batch of another make-up holding one of these conds now holds an older residual.
@@ -342,11 +347,11 @@ class RunState:
         return text
 
 
-def _entry(residual: hidden.Hidden, sigma: float, before: reuse.Entry | None, keep: bool) -> reuse.Entry:
-    """The new cache entry; the one it replaces becomes its ``previous`` when the estimator extrapolates."""
-    if keep and before is not None and before.sigma > sigma:
-        return reuse.Entry(residual, sigma, before.last, before.sigma)
-    return reuse.Entry(residual, sigma)
+def _entry(residual: hidden.Hidden, sigma: float, before: reuse.Entry | None, keep: int) -> reuse.Entry:
+    """The new cache entry: the one it replaces with ``residual`` appended, as many kept as the estimator needs."""
+    if before is None:
+        return reuse.entry(residual, sigma)
+    return before.push(residual, sigma, keep)
 
 
 # -- wrappers ------------------------------------------------------------------

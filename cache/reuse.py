@@ -1,18 +1,22 @@
-"""What a skipped call adds in place of the block stack (or the model): the reuse estimators.
+"""What a skipped call adds in place of the block stack (or the model): the estimators and their cache entry.
 
 An estimator turns what was cached into a list of ``(coefficient, tensor)``
 terms; the hooks add them to the stack's input with one allocation
 (:func:`hooks.hidden.combine`). Coefficients are plain floats computed from the
 curve and the sigmas, so no estimator reads anything from the device.
 
+Here the two that keep one residual, and the dispatch:
+
 * :class:`PlainReuse` (the paper): the last computed residual, as it is.
 * :class:`ScaledReuse`: the last residual times the magnitude ratio the curve
   predicts from its sigma to this call's. The law says the residual's size
   changes by that ratio; its direction is what the reuse cannot know.
-* :class:`ExtrapolatedReuse` (after FasterCache, Lv et al. 2024, "dynamic
-  feature reuse"): the residual continued linearly in sigma from the last two
-  computed ones, damped early in the run, where the features move least
-  predictably, and trusted more as the sample settles.
+
+The forecasts from several computed residuals live one file each:
+``extrapolated.py`` (FasterCache's damped line), ``taylor.py`` (the
+polynomial through the last two or three computed residuals, in sigma) and
+``spectrum.py`` (a Chebyshev fit over the run's computed residuals);
+``estimators.py`` maps the node's choice to one of them.
 """
 
 from __future__ import annotations
@@ -22,25 +26,51 @@ from typing import Protocol
 
 from ..calibration.curve import MagnitudeCurve
 from ..hooks import hidden
-from .config import Reuse
 
 Terms = list[tuple[float, hidden.Hidden]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
-    """A cached residual, the sigma it was computed at, and (for extrapolation) the one before it."""
+    """The computed residuals of one conditioning (or batch), oldest first, each with its sigma.
 
-    last: hidden.Hidden
-    sigma: float
-    previous: hidden.Hidden | None = None
-    previous_sigma: float | None = None
+    An estimator says how many it needs (``Estimator.keeps``); the entry holds
+    at most that many, so plain reuse keeps one residual and a forecast its
+    history. Sigmas fall strictly along a run.
+    """
+
+    points: tuple[tuple[float, hidden.Hidden], ...]
+
+    @property
+    def last(self) -> hidden.Hidden:
+        return self.points[-1][1]
+
+    @property
+    def sigma(self) -> float:
+        return self.points[-1][0]
+
+    def sigmas(self) -> list[float]:
+        return [s for s, _ in self.points]
+
+    def push(self, residual: hidden.Hidden, sigma: float, keep: int) -> Entry:
+        """This entry with ``residual`` at ``sigma`` appended, at most ``keep`` residuals in all.
+
+        A residual at a sigma not below the last one (heun's second call at a
+        repeated sigma) or of another shape starts the history over.
+        """
+        if sigma >= self.sigma or hidden.shape(residual) != hidden.shape(self.last):
+            return Entry(((sigma, residual),))
+        return Entry((*self.points, (sigma, residual))[-max(keep, 1):])
+
+
+def entry(residual: hidden.Hidden, sigma: float) -> Entry:
+    return Entry(((sigma, residual),))
 
 
 class Estimator(Protocol):
-    """``keeps_previous``: the estimator needs the residual before the last (twice the cache memory)."""
+    """``keeps``: how many computed residuals per conditioning the estimator needs (the cache's memory)."""
 
-    keeps_previous: bool
+    keeps: int
 
     def terms(self, entry: Entry, sigma: float, progress: float) -> Terms:
         """What a call at ``sigma`` (``progress`` 0..1 through the run) adds, from ``entry``."""
@@ -48,7 +78,7 @@ class Estimator(Protocol):
 
 
 class PlainReuse:
-    keeps_previous = False
+    keeps = 1
 
     def terms(self, entry: Entry, sigma: float, progress: float) -> Terms:
         return [(1.0, entry.last)]
@@ -57,7 +87,7 @@ class PlainReuse:
 @dataclass
 class ScaledReuse:
     curve: MagnitudeCurve
-    keeps_previous = False
+    keeps = 1
 
     def terms(self, entry: Entry, sigma: float, progress: float) -> Terms:
         # The cond curve: a batch holds cond and uncond together and gets one coefficient;
@@ -65,23 +95,6 @@ class ScaledReuse:
         return [(self.curve.role(0).transition_ratio(entry.sigma, sigma), entry.last)]
 
 
-class ExtrapolatedReuse:
-    keeps_previous = True
-
-    def terms(self, entry: Entry, sigma: float, progress: float) -> Terms:
-        prev, s_prev = entry.previous, entry.previous_sigma
-        if prev is None or s_prev is None or s_prev <= entry.sigma:
-            return [(1.0, entry.last)]
-        # r(sigma) ~ r_c + a (r_c - r_p), a = how far past the last computed call this one is, in units
-        # of the gap between the last two, damped by the run's progress.
-        a = progress * (entry.sigma - sigma) / (s_prev - entry.sigma)
-        return [(1.0 + a, entry.last), (-a, prev)]
-
-
-def make(reuse: Reuse, curve: MagnitudeCurve) -> Estimator:
-    """The estimator the config names."""
-    if reuse is Reuse.SCALED:
-        return ScaledReuse(curve)
-    if reuse is Reuse.EXTRAPOLATED:
-        return ExtrapolatedReuse()
-    return PlainReuse()
+def weighted(entry: Entry, weights: list[float]) -> Terms:
+    """Terms from one weight per point of ``entry``, newest first (so a weight of exactly 1 adds it bit-exactly)."""
+    return [(w, t) for w, (_, t) in reversed(list(zip(weights, entry.points))) if w != 0.0] or [(1.0, entry.last)]

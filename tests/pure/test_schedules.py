@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_magcache.cache import reuse
+from comfyui_magcache.cache import estimators, reuse
 from comfyui_magcache.cache.adaptive import AdaptiveSchedule
 from comfyui_magcache.cache.branches import CfgCache
 from comfyui_magcache.cache.config import Reuse
@@ -183,17 +183,80 @@ def test_adaptive_moreg_spends_more_where_the_latent_moves_more() -> None:
 def test_reuse_estimators() -> None:
     curve = law()
     r1, r0 = torch.full((2, 3), 2.0), torch.full((2, 3), 3.0)
-    entry = reuse.Entry(r1, 0.5, r0, 0.7)
-    assert reuse.make(Reuse.PLAIN, curve).terms(entry, 0.4, 0.5) == [(1.0, r1)]
-    (c, t), = reuse.make(Reuse.SCALED, curve).terms(entry, 0.4, 0.5)
+    entry = reuse.Entry(((0.7, r0), (0.5, r1)))
+    assert estimators.make(Reuse.PLAIN, curve, SIGMAS).terms(entry, 0.4, 0.5) == [(1.0, r1)]
+    (c, t), = estimators.make(Reuse.SCALED, curve, SIGMAS).terms(entry, 0.4, 0.5)
     assert t is r1 and c == pytest.approx(curve.role(0).transition_ratio(0.5, 0.4))
-    # Linear in sigma (r = 5 sigma - 0.5) is continued exactly at progress 1, half as far at progress 0.5.
-    terms = reuse.make(Reuse.EXTRAPOLATED, curve).terms(entry, 0.3, 1.0)
+    # FasterCache's line: linear in sigma (r = 5 sigma - 0.5) continued exactly at progress 1, half as far at 0.5.
+    terms = estimators.make(Reuse.EXTRAPOLATED, curve, SIGMAS).terms(entry, 0.3, 1.0)
     assert torch.allclose(hidden.combine(None, terms), torch.full((2, 3), 1.0))
-    terms = reuse.make(Reuse.EXTRAPOLATED, curve).terms(entry, 0.3, 0.5)
+    terms = estimators.make(Reuse.EXTRAPOLATED, curve, SIGMAS).terms(entry, 0.3, 0.5)
     assert torch.allclose(hidden.combine(None, terms), torch.full((2, 3), 1.5))
-    # Without a previous residual it reuses the last one.
-    assert reuse.make(Reuse.EXTRAPOLATED, curve).terms(reuse.Entry(r1, 0.5), 0.3, 1.0) == [(1.0, r1)]
+    # The undamped line continues it exactly whatever the progress.
+    terms = estimators.make(Reuse.LINEAR, curve, SIGMAS).terms(entry, 0.3, 0.1)
+    assert torch.allclose(hidden.combine(None, terms), torch.full((2, 3), 1.0))
+    # Without a previous residual every estimator reuses the last one.
+    for r in Reuse:
+        if r is not Reuse.SCALED:
+            assert estimators.make(r, curve, SIGMAS).terms(reuse.entry(r1, 0.5), 0.3, 1.0) == [(1.0, r1)]
+
+
+SIGMAS = [1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.0]
+
+
+def _history(f, sigmas: list[float], keep: int) -> reuse.Entry:
+    """An entry built as a run builds it: one computed residual pushed at a time."""
+    e = reuse.entry(torch.full((3,), f(sigmas[0])), sigmas[0])
+    for s in sigmas[1:]:
+        e = e.push(torch.full((3,), f(s)), s, keep)
+    return e
+
+
+@pytest.mark.parametrize("reuse_kind, exact_degree", [(Reuse.LINEAR, 1), (Reuse.QUADRATIC, 2)])
+def test_polynomial_forecasts_are_exact_on_polynomials_of_their_order_and_not_above(reuse_kind, exact_degree):
+    est = estimators.make(reuse_kind, law(), SIGMAS)
+    assert est.keeps == exact_degree + 1
+    for degree in (0, 1, 2, 3):
+        f = lambda s, d=degree: 1.0 + sum((2.0 * s) ** k for k in range(1, d + 1))  # noqa: E731
+        entry = _history(f, [0.9, 0.8, 0.6, 0.5], est.keeps)
+        assert len(entry.points) == est.keeps  # the history is bounded by what the forecast needs
+        got = float(hidden.combine(None, est.terms(entry, 0.35, 0.5))[0])
+        assert (got == pytest.approx(f(0.35), rel=1e-6)) == (degree <= exact_degree)
+
+
+def test_history_restarts_at_a_repeated_sigma_or_a_new_shape() -> None:
+    e = _history(lambda s: s, [0.9, 0.8, 0.6], 3)
+    assert e.sigmas() == [0.9, 0.8, 0.6]
+    assert e.push(torch.zeros(3), 0.6, 3).sigmas() == [0.6]  # heun's second call at the same sigma
+    assert e.push(torch.zeros(4), 0.5, 3).sigmas() == [0.5]  # another resolution
+
+
+def test_chebyshev_fit_blends_a_ridge_fit_with_the_line_and_keeps_a_constant() -> None:
+    from comfyui_magcache.cache import spectrum
+
+    est = estimators.make(Reuse.SPECTRAL, law(), SIGMAS)
+    assert est.keeps == spectrum.HISTORY and (est.lo, est.hi) == (0.0, 1.0)
+    pts = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    # A constant residual is forecast exactly (the constant term is not shrunk by the ridge).
+    const = _history(lambda s: 2.5, pts, est.keeps)
+    assert float(hidden.combine(None, est.terms(const, 0.3, 0.5))[0]) == pytest.approx(2.5, rel=1e-9)
+    # On a smooth curve the ridge fit alone is the least-squares-with-penalty solution, solved directly.
+    f = lambda s: math.sin(3.0 * s) + s * s  # noqa: E731
+    entry = _history(f, pts, est.keeps)
+    x = [2 * s - 1 for s in pts]
+    basis = torch.tensor([[math.cos(k * math.acos(v)) for k in range(5)] for v in x], dtype=torch.float64)
+    penalty = torch.diag(torch.tensor([0.0, 0.1, 0.1, 0.1, 0.1], dtype=torch.float64))
+    values = torch.tensor([f(s) for s in pts], dtype=torch.float64)
+    coef = torch.linalg.solve(basis.T @ basis + penalty, basis.T @ values)
+    at = 2 * 0.3 - 1
+    fit = float(sum(coef[k] * math.cos(k * math.acos(at)) for k in range(5)))
+    line = f(0.4) + (f(0.4) - f(0.5)) * (0.4 - 0.3) / 0.1
+    got = float(hidden.combine(None, est.terms(entry, 0.3, 0.5))[0])
+    assert got == pytest.approx(spectrum.BLEND * fit + (1 - spectrum.BLEND) * line, rel=1e-6)
+    # A skipped call's terms are floats and the cached tensors themselves: nothing computed on the device.
+    terms = est.terms(entry, 0.3, 0.5)
+    assert all(isinstance(c, float) for c, _ in terms)
+    assert {id(t) for _, t in terms} <= {id(t) for _, t in entry.points}
 
 
 def test_combine_is_bit_identical_to_one_add_for_plain_reuse_and_makes_one_new_tensor() -> None:
