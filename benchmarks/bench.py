@@ -68,7 +68,7 @@ import lineplot
 
 from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.cache.config import MagCacheConfig, Reuse, When
-from comfyui_magcache.cache.planner import ErrorModel
+from comfyui_magcache.cache.planner import ErrorModel, Objective
 from comfyui_magcache.cache.policy import plan_run
 from comfyui_magcache.calibration import catalog
 from comfyui_magcache.embedded import codec as cdc
@@ -486,6 +486,14 @@ def forecast_lines(one: Any, arch: Any) -> list[tuple[str, MagCacheConfig]]:
     for when in (When.UNIFORM, When.TARGET):
         for reuse in Reuse:
             lines.append((f"{when.value}, {reuse.value}", replace(base, when=when, reuse=reuse)))
+    # The planner costing the forecast the run uses, summing the segments' errors or penalising the worst.
+    for objective in Objective:
+        for reuse in (Reuse.PLAIN, Reuse.LINEAR, Reuse.QUADRATIC, Reuse.SPECTRAL):
+            if reuse is Reuse.PLAIN and objective is Objective.SUM:
+                continue  # the forecast error of plain reuse is the vector error: the line above
+            lines.append((f"speed target ({objective.value} of forecast errors), {reuse.value}",
+                          replace(base, when=When.TARGET, reuse=reuse, error_model=ErrorModel.FORECAST,
+                                  objective=objective)))
     return lines
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..calibration.curve import MagnitudeCurve
 from ..hooks.families import Family, Level
-from .planner import ErrorModel
+from .planner import ErrorModel, Objective
 from .policy import SkipSettings
 
 
@@ -100,6 +100,8 @@ class MagCacheConfig:
     cfg_cache: bool = False
     #: How the speed-target planner predicts the error of a reuse (the benchmark compares them).
     error_model: ErrorModel = ErrorModel.DIRECTION
+    #: What the speed-target planner minimises over the run's reuse segments.
+    objective: Objective = Objective.SUM
     #: The node's id in the page, where the plan and the summary of each run are shown (None: log only).
     node_id: str | None = None
 

@@ -79,8 +79,11 @@ class _Evaluation:
 
 
 def make_schedule(config: MagCacheConfig, settings: SkipSettings, sigmas: list[float],
-                  roles: tuple[int, ...]) -> Callable[[], Schedule]:
-    """A factory of fresh schedules of the kind the config names (one for the plan, one for the run)."""
+                  roles: tuple[int, ...], estimator: reuse.Estimator) -> Callable[[], Schedule]:
+    """A factory of fresh schedules of the kind the config names (one for the plan, one for the run).
+
+    ``estimator`` is what the run fills skipped calls with: the speed target's planner costs its error.
+    """
     if config.when is When.RULE:
         return partial(SkipPolicy, config.curve, settings)
     calls = tuple(float(s) for s in sigmas[:-1])
@@ -97,7 +100,8 @@ def make_schedule(config: MagCacheConfig, settings: SkipSettings, sigmas: list[f
     if config.when is When.UNIFORM:
         skips = uniform_skips(len(calls), budget, forced)
     else:
-        skips = plan_for_speed(config.curve, settings, sigmas, roles, budget, config.error_model)
+        skips = plan_for_speed(config.curve, settings, sigmas, roles, budget, config.error_model, estimator,
+                               config.objective)
     return partial(PlannedSchedule, calls, skips)
 
 
@@ -161,10 +165,10 @@ class RunState:
             self.disabled = "few-step schedule"
             return
         self.settings = settings = config.settings_for(model_sampling)
-        fresh = make_schedule(config, settings, self.sigmas, self.roles)
+        self.estimator = estimators.make(config.reuse, config.curve, self.sigmas)
+        fresh = make_schedule(config, settings, self.sigmas, self.roles, self.estimator)
         self.schedule = fresh()
         self.plan = simulate(fresh(), self.sigmas, self.roles)
-        self.estimator = estimators.make(config.reuse, config.curve, self.sigmas)
         # Only where the run is asked to save anything: threshold 0 or speed 1 stays bit-identical.
         saves = config.threshold > 0 if config.when is When.RULE else config.speed > 1.0
         if config.cfg_cache and len(self.roles) > 1 and saves:

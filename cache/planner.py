@@ -19,7 +19,21 @@ compares (the one that keeps the picture best is the default):
   large step costs more than one before a small step);
 * ``DIRECTION``: the relative error of the whole vector, from the magnitude
   ratio and the direction change the calibration recorded (its cosine
-  distance, where the curve has one), weighted by the step.
+  distance, where the curve has one), weighted by the step;
+* ``FORECAST``: the same vector error, of the forecast the run will actually
+  use (a line, a parabola, a Chebyshev fit) instead of plain reuse. The curve
+  is read as a residual turning in a plane, ``z(sigma) = m(sigma) e^{i
+  theta(sigma)}`` (magnitude from the ratios, angle from the recorded
+  direction changes), and the run's estimator is applied to those complex
+  numbers: the cost of reusing after computed call ``c`` then depends on the
+  computed call before ``c`` as well (after DPCache), so the programme's state
+  carries it. Estimators that use more than two computed calls are costed on
+  the last two (an approximation: the programme's state would grow with each).
+
+What is minimised (:class:`Objective`): the sum of the segments' errors, or
+the sum of their fifth powers, which penalises the worst segment (after
+MeanCache's peak-suppressed path; LeMiCa's lexicographic minimax has the same
+aim). The benchmark compares them.
 
 Pure arithmetic on the curve and the sigmas, like the rule.
 """
@@ -33,6 +47,7 @@ from enum import Enum
 
 from ..calibration.curve import MagnitudeCurve, RoleCurve
 from .policy import SkipSettings
+from .reuse import Entry, Estimator, PlainReuse
 
 
 class ErrorModel(str, Enum):
@@ -41,6 +56,18 @@ class ErrorModel(str, Enum):
     MAGNITUDE = "magnitude"
     STEP = "magnitude x step"
     DIRECTION = "vector x step"
+    FORECAST = "forecast x step"
+
+
+class Objective(str, Enum):
+    """What the planner minimises over the run's reuse segments."""
+
+    SUM = "sum"  # the total predicted error
+    PEAK = "peak"  # the sum of fifth powers: the worst segment dominates
+
+
+#: The exponent of each objective.
+_POWER = {Objective.SUM: 1.0, Objective.PEAK: 5.0}
 
 
 def computed_budget(calls: int, speed: float) -> int:
@@ -93,6 +120,28 @@ def reuse_error(curve: MagnitudeCurve, model: ErrorModel, roles: tuple[int, ...]
     return worst
 
 
+def _phasor(role: RoleCurve, origin: float, sigma: float) -> complex:
+    """The residual at ``sigma`` as a point in the plane, relative to the one at ``origin`` (the run's first call)."""
+    return role.transition_ratio(origin, sigma) * complex(math.cos(a := _angle(role, origin, sigma)), math.sin(a))
+
+
+def forecast_error(curve: MagnitudeCurve, estimator: Estimator, roles: tuple[int, ...], origin: float,
+                   history: tuple[float, ...], s_j: float, progress: float, step: float, mean_step: float) -> float:
+    """Predicted relative error of ``estimator``'s forecast at ``s_j`` from computed calls at ``history`` (worst role).
+
+    The estimator only weighs what it is given, so it is applied to the curve's
+    plane picture of the residual (:func:`_phasor`) as it is to tensors.
+    """
+    worst = 0.0
+    for role in roles or (0,):
+        rc = curve.role(role)
+        points = tuple((s, _phasor(rc, origin, s)) for s in history)
+        guess = sum(c * z for c, z in estimator.terms(Entry(points), s_j, progress))  # type: ignore[misc]
+        true = _phasor(rc, origin, s_j)
+        worst = max(worst, abs(guess - true) / max(abs(true), 1e-12))
+    return worst * (step / mean_step if mean_step > 0 else 1.0)
+
+
 def plan_for_speed(
     curve: MagnitudeCurve,
     settings: SkipSettings,
@@ -100,8 +149,13 @@ def plan_for_speed(
     roles: tuple[int, ...],
     budget: int,
     model: ErrorModel = ErrorModel.STEP,
+    estimator: Estimator | None = None,
+    objective: Objective = Objective.SUM,
 ) -> tuple[bool, ...]:
     """Skip decisions, one per call of ``sigmas[:-1]``, computing ``budget`` calls with the least predicted error.
+
+    ``estimator``: what the run fills skipped calls with (``FORECAST`` costs
+    its error; plain reuse when None).
 
     Computes more than ``budget`` only where the forced calls leave no other
     choice. K is kept where the budget allows; where it does not (3x with the
@@ -113,7 +167,7 @@ def plan_for_speed(
         return ()
     k = max(1, settings.max_skips)
     while True:
-        skips = _plan(curve, settings, sigmas, roles, budget, model, k)
+        skips = _plan(curve, settings, sigmas, roles, budget, model, k, estimator or PlainReuse(), objective)
         if skips is not None or k >= len(calls):
             return skips if skips is not None else tuple(False for _ in calls)
         k += 1
@@ -127,8 +181,14 @@ def _plan(
     budget: int,
     model: ErrorModel,
     k: int,
+    estimator: Estimator,
+    objective: Objective,
 ) -> tuple[bool, ...] | None:
-    """The least-error plan with runs of at most ``k`` skips, or None if none computes only ``budget`` calls."""
+    """The least-error plan with runs of at most ``k`` skips, or None if none computes only ``budget`` calls.
+
+    A dynamic programme over (calls computed, last computed call, the computed
+    call before it); the last is -1 where the error does not depend on it.
+    """
     calls = [float(s) for s in sigmas[:-1]]
     n = len(calls)
     forced = forced_calls(calls, settings)
@@ -137,43 +197,57 @@ def _plan(
     budget = max(budget, sum(forced))
     if budget >= n:
         return tuple(False for _ in range(n))
+    first, final = float(sigmas[0]), float(sigmas[-1])
+    span = first - final
+    with_history = model is ErrorModel.FORECAST and estimator.keeps > 1
+    power = _POWER[objective]
 
-    def segment(c: int, end: int) -> float:
-        """Predicted error of the calls after ``c`` up to ``end`` (exclusive), all reusing ``c``."""
-        return sum(reuse_error(curve, model, roles, calls[c], calls[j], steps[j], mean_step) for j in range(c + 1, end))
+    def error(p: int, c: int, j: int) -> float:
+        if model is ErrorModel.FORECAST:
+            history = (calls[p], calls[c]) if p >= 0 else (calls[c],)
+            progress = (first - calls[j]) / span if span > 0 else 0.0
+            return forecast_error(curve, estimator, roles, calls[0], history, calls[j], progress, steps[j], mean_step)
+        return reuse_error(curve, model, roles, calls[c], calls[j], steps[j], mean_step)
 
-    seg: dict[tuple[int, int], float] = {}
-    for c in range(n):
-        for end in range(c + 1, min(n, c + k + 1) + 1):
-            if all(not forced[j] for j in range(c + 1, end)):
-                seg[(c, end)] = segment(c, end)
+    seg: dict[tuple[int, int, int], float] = {}
+
+    def segment(p: int, c: int, end: int) -> float | None:
+        """Predicted cost of the calls after ``c`` up to ``end`` (exclusive) reusing ``c`` (``p`` before it)."""
+        key = (p if with_history else -1, c, end)
+        if key not in seg:
+            if end > n or end - c - 1 > k or any(forced[j] for j in range(c + 1, end)):
+                return None
+            seg[key] = sum(error(key[0], c, j) for j in range(c + 1, end)) ** power
+        return seg[key]
+
     inf = math.inf
-    # best[m][c]: least error of calls 0..c with m calls computed, c the last of them.
-    best = [[inf] * n for _ in range(budget + 1)]
-    back: list[list[int]] = [[-1] * n for _ in range(budget + 1)]
-    best[1][0] = 0.0
+    # best[m][(c, p)]: least cost of calls 0..c with m calls computed, c the last and p the one before.
+    best: list[dict[tuple[int, int], float]] = [{} for _ in range(budget + 1)]
+    back: list[dict[tuple[int, int], tuple[int, int]]] = [{} for _ in range(budget + 1)]
+    best[1][(0, -1)] = 0.0
     for m in range(1, budget):
-        for c in range(n):
-            if best[m][c] == inf:
-                continue
+        for (c, p), total in sorted(best[m].items()):
             for nxt in range(c + 1, min(n, c + k + 2)):
-                cost = seg.get((c, nxt))
+                cost = segment(p, c, nxt)
                 if cost is None:
                     break
-                total = best[m][c] + cost
-                if total < best[m + 1][nxt]:
-                    best[m + 1][nxt] = total
-                    back[m + 1][nxt] = c
+                state = (nxt, c if with_history else -1)
+                if total + cost < best[m + 1].get(state, inf):
+                    best[m + 1][state] = total + cost
+                    back[m + 1][state] = (c, p)
     # The last computed call reuses for the rest of the run.
-    end_cost = [best[budget][c] + seg.get((c, n), inf) for c in range(n)]
-    last = min(range(n), key=end_cost.__getitem__)
-    if end_cost[last] == inf:  # K and the forced calls need more than the budget
+    end_cost = {state: total + (segment(state[1], state[0], n) or inf)
+                for state, total in best[budget].items() if segment(state[1], state[0], n) is not None}
+    if not end_cost:  # K and the forced calls need more than the budget
         return None
+    state = min(end_cost, key=lambda st: (end_cost[st], st))
     computed = set()
-    m, c = budget, last
-    while c >= 0:
-        computed.add(c)
-        c, m = back[m][c], m - 1
+    m = budget
+    while m >= 1:
+        computed.add(state[0])
+        if m == 1:
+            break
+        state, m = back[m][state], m - 1
     return tuple(i not in computed for i in range(n))
 
 

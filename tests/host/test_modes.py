@@ -18,16 +18,22 @@ import tiny_models
 import torch
 from conftest import BlockCounter
 from test_engine import STEPS, all_blocks, family, sample, schedule_curve
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.cache.config import Reuse, When
+from comfyui_magcache.cache.planner import ErrorModel
 
 FAMILIES = [f for f in ("wan21_t2v", "flux", "qwen_image") if f in tiny_models.available_families()]
 MODES = [
     (When.TARGET, Reuse.PLAIN),
     (When.TARGET, Reuse.SCALED),
     (When.TARGET, Reuse.EXTRAPOLATED),
+    (When.TARGET, Reuse.LINEAR),
+    (When.TARGET, Reuse.QUADRATIC),
+    (When.TARGET, Reuse.SPECTRAL),
     (When.UNIFORM, Reuse.EXTRAPOLATED),
+    (When.UNIFORM, Reuse.SPECTRAL),
     (When.ADAPTIVE, Reuse.PLAIN),
 ]
 
@@ -46,11 +52,12 @@ def baseline(tiny: tiny_models.TinyModel) -> tuple[torch.Tensor, list, int]:
 
 
 def attach(tiny: tiny_models.TinyModel, when: When, reuse: Reuse, speed: float, cfg_cache: bool = False):
+    """The model with MagCache in this mode; the speed target costs the forecast the run uses (as the node does)."""
     patched = tiny.patcher.clone()
     fam = family(tiny)
     config = engine.MagCacheConfig(
         schedule_curve(tiny.patcher), fam, 0.0, 2, 0.2, level=fam.level, when=when, speed=speed, reuse=reuse,
-        cfg_cache=cfg_cache,
+        cfg_cache=cfg_cache, error_model=ErrorModel.FORECAST,
     )
     engine.attach(patched, config)
     return patched
@@ -87,6 +94,38 @@ def test_the_stack_runs_exactly_where_the_plan_says(tiny, baseline, when, reuse,
     assert not any(diffs[: pattern.index(".")])
     assert torch.isfinite(out).all()
     assert "check failed" not in magcache_log.text
+
+
+class _HiddenSizedAllocations(TorchDispatchMode):
+    """Counts the tensors that operations create (in-place ones excluded) with at least ``numel`` elements."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func._schema.name.endswith("_") and isinstance(out, torch.Tensor) and out.numel() >= self.numel:
+            self.count += 1
+        return out
+
+
+def test_a_forecast_allocates_on_a_skipped_call_what_plain_reuse_does(tiny, baseline) -> None:
+    """A skip adds its forecast's six terms into one new tensor: the run allocates no more than with plain reuse.
+
+    Counted over the whole run (the same uniform plan, so the same computed calls), every tensor at least as
+    large as the smallest hidden state; the only difference between the runs is the skipped calls' sum.
+    """
+    numel = min(t.numel() for t in baseline[1]) if baseline[1] else 1
+    counts = []
+    for reuse in (Reuse.PLAIN, Reuse.SPECTRAL):
+        model = attach(tiny, When.UNIFORM, reuse, 2.0)
+        with _HiddenSizedAllocations(numel) as mode:
+            out, _ = sample(tiny, model)
+        assert torch.isfinite(out).all()
+        counts.append(mode.count)
+    assert counts[0] > 0
+    assert counts[1] == counts[0], counts
 
 
 def test_adaptive_runs_the_stack_as_often_as_its_summary_says(tiny, baseline, magcache_log) -> None:

@@ -15,14 +15,18 @@ from comfyui_magcache.cache.branches import CfgCache
 from comfyui_magcache.cache.config import Reuse
 from comfyui_magcache.cache.planner import (
     ErrorModel,
+    Objective,
     PlannedSchedule,
     computed_budget,
     forced_calls,
+    forecast_error,
     plan_for_speed,
     reuse_error,
     uniform_skips,
 )
 from comfyui_magcache.cache.policy import SkipSettings, simulate
+from comfyui_magcache.cache.reuse import PlainReuse
+from comfyui_magcache.cache.taylor import SigmaPolynomial
 from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve
 from comfyui_magcache.hooks import hidden
 
@@ -40,17 +44,28 @@ def window(k: int = 3, skip_below: float = 2.0, compute_below: float = 0.0) -> S
     return SkipSettings(threshold=0.0, max_skips=k, skip_below_sigma=skip_below, compute_below_sigma=compute_below)
 
 
-def total_error(curve: MagnitudeCurve, model: ErrorModel, sigmas: list[float], skips: tuple[bool, ...]) -> float:
+def total_error(curve: MagnitudeCurve, model: ErrorModel, sigmas: list[float], skips: tuple[bool, ...],
+                estimator=None, objective: Objective = Objective.SUM) -> float:
+    """The planner's objective for one plan, summed segment by segment (the brute force's reference)."""
     calls = sigmas[:-1]
     steps = [abs(sigmas[i] - sigmas[i + 1]) for i in range(len(calls))]
     mean = sum(steps) / len(steps)
-    err, last = 0.0, 0
-    for j, skip in enumerate(skips):
-        if skip:
-            err += reuse_error(curve, model, (0, 1), calls[last], calls[j], steps[j], mean)
-        else:
-            last = j
-    return err
+    power = 5.0 if objective is Objective.PEAK else 1.0
+    computed = [j for j, skip in enumerate(skips) if not skip]
+    total = 0.0
+    for i, c in enumerate(computed):
+        end = computed[i + 1] if i + 1 < len(computed) else len(calls)
+        history = (calls[computed[i - 1]], calls[c]) if i > 0 else (calls[c],)
+        seg = 0.0
+        for j in range(c + 1, end):
+            if model is ErrorModel.FORECAST:
+                progress = (sigmas[0] - calls[j]) / (sigmas[0] - sigmas[-1])
+                seg += forecast_error(curve, estimator or PlainReuse(), (0, 1), calls[0], history, calls[j],
+                                      progress, steps[j], mean)
+            else:
+                seg += reuse_error(curve, model, (0, 1), calls[c], calls[j], steps[j], mean)
+        total += seg**power
+    return total
 
 
 def feasible(skips: tuple[bool, ...], forced: list[bool], k: int) -> bool:
@@ -64,25 +79,52 @@ def feasible(skips: tuple[bool, ...], forced: list[bool], k: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("model", list(ErrorModel))
+PLANNER_CASES = [(m, None, Objective.SUM) for m in ErrorModel] + [
+    (ErrorModel.FORECAST, SigmaPolynomial(1), Objective.SUM),
+    (ErrorModel.FORECAST, SigmaPolynomial(1), Objective.PEAK),
+    (ErrorModel.DIRECTION, None, Objective.PEAK),
+]
+
+
+@pytest.mark.parametrize(("model", "estimator", "objective"), PLANNER_CASES, ids=str)
 @pytest.mark.parametrize("budget", [5, 6, 7])
 @pytest.mark.parametrize("k", [2, 3])
-def test_planner_finds_the_least_predicted_error_among_all_plans(model: ErrorModel, budget: int, k: int) -> None:
+def test_planner_finds_the_least_predicted_error_among_all_plans(model, estimator, objective, budget, k) -> None:
     curve = law(cosine=True)
     sigmas = [float(s) for s in np.linspace(1.0, 0.0, 11) ** 1.5]
     settings = window(k=k, skip_below=sigmas[2])
     forced = forced_calls(sigmas[:-1], settings)
-    skips = plan_for_speed(curve, settings, sigmas, (0, 1), budget, model)
+    skips = plan_for_speed(curve, settings, sigmas, (0, 1), budget, model, estimator, objective)
     assert sum(not s for s in skips) == budget
     assert feasible(skips, forced, k)
     best = min(
-        total_error(curve, model, sigmas, cand)
+        total_error(curve, model, sigmas, cand, estimator, objective)
         for computed in itertools.combinations(range(10), budget)
         if 0 in computed
         for cand in [tuple(i not in computed for i in range(10))]
         if feasible(cand, forced, k)
     )
-    assert total_error(curve, model, sigmas, skips) == pytest.approx(best, rel=1e-9, abs=1e-12)
+    got = total_error(curve, model, sigmas, skips, estimator, objective)
+    assert got == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_forecast_error_of_plain_reuse_is_the_vector_error() -> None:
+    """The plane picture agrees with the closed form of the vector error for plain reuse."""
+    curve = law(cosine=True)
+    for s_c, s_j in [(0.9, 0.7), (0.6, 0.2), (0.3, 0.05)]:
+        direct = reuse_error(curve, ErrorModel.DIRECTION, (0, 1), s_c, s_j, 1.0, 1.0)
+        planar = forecast_error(curve, PlainReuse(), (0, 1), 1.0, (s_c,), s_j, 0.5, 1.0, 1.0)
+        assert planar == pytest.approx(direct, rel=1e-9)
+
+
+def test_forecast_error_of_the_line_is_small_where_the_residual_moves_steadily() -> None:
+    """Where magnitude and angle change at a constant rate the line predicts far better than plain reuse."""
+    sig = tuple(float(x) for x in np.linspace(1.0, 0.0, 21))
+    rc = RoleCurve(sig, (0.97,) * 20, cosine_distance=(0.002,) * 20)
+    curve = MagnitudeCurve(name="steady", roles={"cond": rc, "uncond": rc})
+    plain = forecast_error(curve, PlainReuse(), (0,), 1.0, (0.5,), 0.4, 0.5, 1.0, 1.0)
+    line = forecast_error(curve, SigmaPolynomial(1), (0,), 1.0, (0.6, 0.5), 0.4, 0.5, 1.0, 1.0)
+    assert line < plain / 5
 
 
 def test_planner_raises_k_just_enough_to_reach_the_speed() -> None:
