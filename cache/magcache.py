@@ -43,7 +43,7 @@ from . import estimators, reuse
 from .adaptive import AdaptiveSchedule
 from .branches import CfgCache
 from .config import MagCacheConfig, When
-from .planner import PlannedSchedule, computed_budget, forced_calls, plan_for_speed, uniform_skips
+from .planner import ErrorModel, PlannedSchedule, computed_budget, forced_calls, plan_for_speed, uniform_skips
 from .policy import Plan, Schedule, SkipPolicy, SkipSettings, simulate
 
 log = logging.getLogger("comfyui-magcache")
@@ -177,6 +177,11 @@ class RunState:
             how = f"threshold {config.threshold:g}"
         else:
             how = f"{config.when.value} {config.speed:g}x"
+        if config.when is When.TARGET:
+            cost = config.error_model.value
+            if config.error_model is ErrorModel.FORECAST:
+                cost = f"{'measured' if config.curve.trajectory(0) is not None else 'predicted'} {cost}"
+            how += f", {config.objective.value} of {cost}"
         text = (
             f"MagCache: computing {self.plan.computed} of {self.plan.total} steps, ~{self.plan.speedup:.2f}x "
             f"({how}, reuse {config.reuse.value}{', CFG-Cache' if self.cfg else ''}, K {config.max_skips}, "

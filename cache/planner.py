@@ -21,14 +21,17 @@ compares (the one that keeps the picture best is the default):
   ratio and the direction change the calibration recorded (its cosine
   distance, where the curve has one), weighted by the step;
 * ``FORECAST``: the same vector error, of the forecast the run will actually
-  use (a line, a parabola, a Chebyshev fit) instead of plain reuse. The curve
-  is read as a residual turning in a plane, ``z(sigma) = m(sigma) e^{i
-  theta(sigma)}`` (magnitude from the ratios, angle from the recorded
-  direction changes), and the run's estimator is applied to those complex
-  numbers: the cost of reusing after computed call ``c`` then depends on the
-  computed call before ``c`` as well (after DPCache), so the programme's state
-  carries it. Estimators that use more than two computed calls are costed on
-  the last two (an approximation: the programme's state would grow with each).
+  use (a line, a parabola, a Chebyshev fit) instead of plain reuse, applied
+  to the planner's picture of the residual (:func:`pictures`). *Measured*
+  where the curve carries a trajectory (MagCache Calibrate records a fixed
+  sample of the residual's elements at every call): the forecast's error on
+  the calibration sample itself. *Predicted* otherwise: the curve read as a
+  residual turning in a plane, ``z(sigma) = m(sigma) e^{i theta(sigma)}``
+  (magnitude from the ratios, angle from the recorded direction changes).
+  The cost of reusing after computed call ``c`` then depends on the computed
+  call before ``c`` as well (after DPCache), so the programme's state carries
+  it. Estimators that use more than two computed calls are costed on the last
+  two (an approximation: the programme's state would grow with each).
 
 What is minimised (:class:`Objective`): the sum of the segments' errors, or
 the sum of their fifth powers, which penalises the worst segment (after
@@ -44,6 +47,8 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass
 from enum import Enum
+
+import numpy as np
 
 from ..calibration.curve import MagnitudeCurve, RoleCurve
 from .policy import SkipSettings
@@ -125,21 +130,43 @@ def _phasor(role: RoleCurve, origin: float, sigma: float) -> complex:
     return role.transition_ratio(origin, sigma) * complex(math.cos(a := _angle(role, origin, sigma)), math.sin(a))
 
 
-def forecast_error(curve: MagnitudeCurve, estimator: Estimator, roles: tuple[int, ...], origin: float,
-                   history: tuple[float, ...], s_j: float, progress: float, step: float, mean_step: float) -> float:
-    """Predicted relative error of ``estimator``'s forecast at ``s_j`` from computed calls at ``history`` (worst role).
+Picture = list[complex] | list[np.ndarray]
 
-    The estimator only weighs what it is given, so it is applied to the curve's
-    plane picture of the residual (:func:`_phasor`) as it is to tensors.
+
+def pictures(curve: MagnitudeCurve, roles: tuple[int, ...], calls: list[float]) -> tuple[list[Picture], bool]:
+    """Per role, the residual at each call as the planner sees it, and whether it was measured.
+
+    Measured: the residual sample MagCache Calibrate recorded along its run
+    (``Trajectory``), read at each call's sigma. Predicted (curves without one:
+    the published presets, older calibrations): the plane picture of the ratios
+    and direction changes (:func:`_phasor`).
+    """
+    out: list[Picture] = []
+    measured = True
+    for role in roles or (0,):
+        tr = curve.trajectory(role)
+        if tr is None:
+            measured = False
+            out.append([_phasor(curve.role(role), calls[0], s) for s in calls])
+        else:
+            out.append([tr.at(s) for s in calls])
+    return out, measured
+
+
+def forecast_error(estimator: Estimator, picture: list[Picture], history: tuple[int, ...], calls: list[float],
+                   j: int, progress: float, weight: float) -> float:
+    """Relative error of ``estimator``'s forecast at call ``j`` from the computed calls ``history`` (worst role).
+
+    The estimator only weighs what it is given, so it is applied to the
+    planner's picture of the residual as it is to tensors; ``weight`` scales
+    the error (the sampler's step at ``j`` relative to the mean step).
     """
     worst = 0.0
-    for role in roles or (0,):
-        rc = curve.role(role)
-        points = tuple((s, _phasor(rc, origin, s)) for s in history)
-        guess = sum(c * z for c, z in estimator.terms(Entry(points), s_j, progress))  # type: ignore[misc]
-        true = _phasor(rc, origin, s_j)
-        worst = max(worst, abs(guess - true) / max(abs(true), 1e-12))
-    return worst * (step / mean_step if mean_step > 0 else 1.0)
+    for z in picture:
+        entry = Entry(tuple((calls[h], z[h]) for h in history))
+        guess = sum(c * v for c, v in estimator.terms(entry, calls[j], progress))  # type: ignore[operator]
+        worst = max(worst, float(np.linalg.norm(guess - z[j])) / max(float(np.linalg.norm(z[j])), 1e-12))
+    return worst * weight
 
 
 def plan_for_speed(
@@ -201,12 +228,13 @@ def _plan(
     span = first - final
     with_history = model is ErrorModel.FORECAST and estimator.keeps > 1
     power = _POWER[objective]
+    picture = pictures(curve, roles, calls)[0] if model is ErrorModel.FORECAST else []
 
     def error(p: int, c: int, j: int) -> float:
         if model is ErrorModel.FORECAST:
-            history = (calls[p], calls[c]) if p >= 0 else (calls[c],)
             progress = (first - calls[j]) / span if span > 0 else 0.0
-            return forecast_error(curve, estimator, roles, calls[0], history, calls[j], progress, steps[j], mean_step)
+            weight = steps[j] / mean_step if mean_step > 0 else 1.0
+            return forecast_error(estimator, picture, (p, c) if p >= 0 else (c,), calls, j, progress, weight)
         return reuse_error(curve, model, roles, calls[c], calls[j], steps[j], mean_step)
 
     seg: dict[tuple[int, int, int], float] = {}

@@ -108,6 +108,47 @@ class RoleCurve:
         return math.exp(self.log_magnitude(sigma_to) - self.log_magnitude(sigma_from))
 
 
+#: Elements of the residual a calibration keeps per call (a stratified sample; the planner's measured cost).
+SKETCH_SIZE = 2048
+
+
+@dataclass(frozen=True, eq=False)
+class Trajectory:
+    """The residual itself along one calibration run, as a fixed sample of its elements at each call.
+
+    ``values[i]`` is the same :data:`SKETCH_SIZE` elements (one per equal
+    stretch of the flattened residual, at a seeded offset) at ``sigma[i]``.
+    Errors of a forecast measured on the sample estimate those on the whole
+    residual: each element stands for its stretch. The speed-target planner
+    measures the forecast's error on it instead of predicting it from ratios.
+    """
+
+    sigma: tuple[float, ...]
+    values: np.ndarray  # (len(sigma), sample size), float32
+
+    def validate(self, where: str) -> None:
+        v = self.values
+        if v.ndim != 2 or v.shape[0] != len(self.sigma) or not 1 <= v.shape[1] <= 65536:
+            raise CurveError(f"{where}: trajectory must be (calls, 1..65536) with one row per sigma, "
+                             f"has shape {tuple(v.shape)} for {len(self.sigma)} sigmas")
+        if len(self.sigma) < 2 or np.any(np.diff(np.asarray(self.sigma)) >= 0):
+            raise CurveError(f"{where}: trajectory sigmas must be at least 2, strictly decreasing")
+        if not np.all(np.isfinite(v)) or not np.all(np.isfinite(self.sigma)):
+            raise CurveError(f"{where}: trajectory holds NaN or infinite values")
+
+    def at(self, sigma: float) -> np.ndarray:
+        """The sampled residual at ``sigma``, linear between recorded calls, the nearest end outside them."""
+        xs = self.sigma
+        if sigma >= xs[0]:
+            return self.values[0].astype(np.float64)
+        if sigma <= xs[-1]:
+            return self.values[-1].astype(np.float64)
+        i = len(xs) - bisect_left(tuple(reversed(xs)), sigma)  # xs[i - 1] > sigma >= xs[i]
+        i = min(max(i, 1), len(xs) - 1)
+        t = (xs[i - 1] - sigma) / (xs[i - 1] - xs[i])
+        return (1.0 - t) * self.values[i - 1].astype(np.float64) + t * self.values[i].astype(np.float64)
+
+
 @dataclass(frozen=True)
 class MagnitudeCurve:
     """A named calibration: one :class:`RoleCurve` per conditioning role.
@@ -120,11 +161,18 @@ class MagnitudeCurve:
     name: str
     roles: dict[str, RoleCurve]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The residual sample along the newest calibration run, per role (MagCache Calibrate records it; the
+    #: published presets have none).
+    trajectories: dict[str, Trajectory] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         where = f"curve '{self.name}'"
         if "cond" not in self.roles:
             raise CurveError(f"{where}: has no 'cond' role")
+        for role, tr in self.trajectories.items():
+            if role not in self.roles:
+                raise CurveError(f"{where}: a trajectory for role '{role}', which the curve does not have")
+            tr.validate(f"{where}, role '{role}'")
         unknown = set(self.roles) - set(ROLES)
         if unknown:
             raise CurveError(f"{where}: unknown roles {sorted(unknown)}; expected {list(ROLES)}")
@@ -147,6 +195,12 @@ class MagnitudeCurve:
         if cond_or_uncond == 0:
             return self.roles["cond"]
         return self.roles.get("uncond", self.roles["cond"])
+
+    def trajectory(self, cond_or_uncond: int) -> Trajectory | None:
+        """The recorded residual sample for that role (the cond's where the uncond has none), or None."""
+        if cond_or_uncond == 0:
+            return self.trajectories.get("cond")
+        return self.trajectories.get("uncond", self.trajectories.get("cond"))
 
     @property
     def level(self) -> str:

@@ -8,6 +8,9 @@ Layout of a file:
 - tensors ``<role>.sigma`` (float64, n, strictly decreasing) and ``<role>.ratio``
   (float64, n - 1), optionally ``<role>.ratio_std`` and ``<role>.cosine_distance``
   (n - 1), for role ``cond`` and optionally ``uncond`` (on the same sigmas as ``cond``);
+- optionally, per role, ``<role>.trajectory_sigma`` (float64, m) and
+  ``<role>.trajectory`` (float32, m x k): a fixed sample of the residual's
+  elements at each call of the newest calibration run (``Trajectory``);
 - safetensors metadata ``format`` = ``comfyui-magcache/curve``, ``format_version``
   = ``1`` and ``metadata`` = a JSON object (provenance, schedule, fingerprint).
 """
@@ -20,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .curve import ROLES, CurveError, MagnitudeCurve, RoleCurve
+from .curve import ROLES, CurveError, MagnitudeCurve, RoleCurve, Trajectory
 
 FORMAT = "comfyui-magcache/curve"
 FORMAT_VERSION = "1"
 SUFFIX = ".safetensors"
 _FIELDS = ("sigma", "ratio", "ratio_std", "cosine_distance")
+_TRAJECTORY = ("trajectory_sigma", "trajectory")
 
 
 def save_curve(curve: MagnitudeCurve, path: str | Path) -> Path:
@@ -39,6 +43,9 @@ def save_curve(curve: MagnitudeCurve, path: str | Path) -> Path:
             values = getattr(rc, name)
             if values is not None:
                 tensors[f"{role}.{name}"] = np.asarray(values, dtype=np.float64)
+    for role, tr in curve.trajectories.items():
+        tensors[f"{role}.trajectory_sigma"] = np.asarray(tr.sigma, dtype=np.float64)
+        tensors[f"{role}.trajectory"] = np.ascontiguousarray(tr.values, dtype=np.float32)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -80,7 +87,8 @@ def load_curve(path: str | Path, name: str | None = None) -> MagnitudeCurve:
         raise CurveError(f"{where}: metadata is not valid JSON ({exc})") from None
     if not isinstance(metadata, dict):
         raise CurveError(f"{where}: metadata must be a JSON object")
-    unknown = {k for k in arrays if k.split(".", 1)[0] not in ROLES or k.split(".", 1)[-1] not in _FIELDS}
+    unknown = {k for k in arrays
+               if k.split(".", 1)[0] not in ROLES or k.split(".", 1)[-1] not in (*_FIELDS, *_TRAJECTORY)}
     if unknown:
         raise CurveError(f"{where}: unexpected tensors {sorted(unknown)}")
     roles: dict[str, RoleCurve] = {}
@@ -99,7 +107,17 @@ def load_curve(path: str | Path, name: str | None = None) -> MagnitudeCurve:
                 raise CurveError(f"{where}: tensor '{role}.{field_name}' must be 1-D, has shape {tuple(arr.shape)}")
             fields[field_name] = tuple(float(v) for v in arr.astype(np.float64))
         roles[role] = RoleCurve(**fields)  # type: ignore[arg-type]
+    trajectories: dict[str, Trajectory] = {}
+    for role in ROLES:
+        sig, values = arrays.get(f"{role}.trajectory_sigma"), arrays.get(f"{role}.trajectory")
+        if sig is None and values is None:
+            continue
+        if sig is None or values is None or sig.ndim != 1:
+            raise CurveError(f"{where}: role '{role}' needs both '{role}.trajectory_sigma' (1-D) and "
+                             f"'{role}.trajectory'")
+        trajectories[role] = Trajectory(tuple(float(v) for v in sig.astype(np.float64)), values.astype(np.float32))
     try:
-        return MagnitudeCurve(name=name or header.get("name") or path.stem, roles=roles, metadata=metadata)
+        return MagnitudeCurve(name=name or header.get("name") or path.stem, roles=roles, metadata=metadata,
+                              trajectories=trajectories)
     except CurveError as exc:
         raise CurveError(f"{where}: {exc}") from None

@@ -23,6 +23,7 @@ one transfer when the run ends: the recorder never waits on the device per block
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from ..hooks.sites import Batch, RunHooks
 from ..hooks.wrappers import CALIBRATE_KEY, MAGCACHE_KEY, apply_model_wrapper, run_scope
 from ..hooks.wrappers import attach as attach_wrappers
 from . import catalog
-from .curve import CurveError, MagnitudeCurve, RoleCurve, role_curve_from_ratios
+from .curve import SKETCH_SIZE, CurveError, MagnitudeCurve, RoleCurve, Trajectory, role_curve_from_ratios
 from .curve_file import load_curve, save_curve
 from .runs import CalibrationRun, combine_roles, curve_from_runs, model_mismatch, pack_version, runs_of, summary
 
@@ -77,6 +78,20 @@ class _Call:
     role: int
     sigma: torch.Tensor
     stats: torch.Tensor | None  # mean ratio, token std of the ratio, mean cosine distance; None on the first call
+    sketch: torch.Tensor  # the residual's sampled elements (``sample_indices``), float32, on the device
+
+
+def sample_indices(numel: int, device: torch.device) -> torch.Tensor:
+    """:data:`SKETCH_SIZE` element indices of a flattened residual: one per equal stretch, at a seeded offset.
+
+    Seeded, so every call of a run samples the same elements; a stretch's
+    element stands for it, so a sample's error estimates the whole's.
+    """
+    size = min(SKETCH_SIZE, numel)
+    stretch = numel // size
+    gen = torch.Generator().manual_seed(0)
+    offsets = torch.randint(0, stretch, (size,), generator=gen) if stretch > 1 else torch.zeros(size, dtype=torch.long)
+    return (torch.arange(size) * stretch + offsets).to(device)
 
 
 def residual_stats(r: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -101,6 +116,7 @@ class Recording:
     hooks: RunHooks = field(init=False)
     previous: dict[Any, torch.Tensor] = field(default_factory=dict)
     calls: list[_Call] = field(default_factory=list)
+    indices: dict[tuple[int, torch.device], torch.Tensor] = field(default_factory=dict)  # by residual size
     unattributed: int = 0  # batches whose layout did not say which conditioning is where
 
     # -- the hooks' method: look, never skip -------------------------------------
@@ -130,7 +146,11 @@ class Recording:
         for key, role, part in zip(batch.uuids, batch.roles, residual.chunk(n)):
             prev = self.previous.get(key)
             stats = residual_stats(part, prev) if prev is not None and prev.shape == part.shape else None
-            self.calls.append(_Call(key=key, role=role, sigma=batch.sigma, stats=stats))
+            where = (part.numel(), part.device)
+            if where not in self.indices:
+                self.indices[where] = sample_indices(*where)
+            sketch = part.reshape(-1)[self.indices[where]].float()
+            self.calls.append(_Call(key=key, role=role, sigma=batch.sigma, stats=stats, sketch=sketch))
             self.previous[key] = part
 
     def measurements(self) -> dict[str, list[RoleCurve]]:
@@ -160,9 +180,36 @@ class Recording:
             )
         return out
 
+    def trajectories(self) -> dict[str, Trajectory]:
+        """Per role, the residual sample along the run of its first conditioning; one transfer to the host.
+
+        A call at a sigma not below the one before (heun's second call) is left
+        out, as the curve folds it: the trajectory is a function of sigma.
+        """
+        first: dict[int, Any] = {}
+        for c in self.calls:
+            first.setdefault(c.role, c.key)
+        chosen = [c for c in self.calls if first.get(c.role) == c.key]
+        if not chosen or len({c.sketch.numel() for c in chosen if c.role == chosen[0].role}) != 1:
+            return {}
+        sigmas = torch.cat([c.sigma.float().reshape(-1)[:1] for c in chosen]).cpu().tolist()
+        out: dict[str, Trajectory] = {}
+        for role in sorted(first):
+            rows = [(s, c) for s, c in zip(sigmas, chosen) if c.role == role]
+            kept: list[tuple[float, _Call]] = []
+            for s, c in rows:
+                if (not kept or s < kept[-1][0]) and c.sketch.numel() == rows[0][1].sketch.numel():
+                    kept.append((s, c))
+            if len(kept) < 2:
+                continue
+            values = torch.stack([c.sketch for _, c in kept]).cpu().numpy()
+            out["cond" if role == 0 else "uncond"] = Trajectory(tuple(s for s, _ in kept), values)
+        return out
+
     def free(self) -> None:
         self.previous.clear()
         self.calls.clear()
+        self.indices.clear()
 
 
 # -- run start and end -------------------------------------------------------
@@ -254,6 +301,13 @@ def _finish(recording: Recording, guider: Any, sampler: Any, sigmas: torch.Tenso
     cond = run.roles["cond"]
     runs = [*_saved_runs(target, path, (cond.sigma[0], cond.sigma[-1])), run]
     curve = curve_from_runs(Path(target.file_name).stem, runs, target.model)
+    trajectories = {role: tr for role, tr in recording.trajectories().items() if role in curve.roles}
+    if trajectories:
+        metadata = {**curve.metadata, "trajectory": (
+            f"per role, {SKETCH_SIZE} elements of the residual at every call of the newest run (one per equal "
+            "stretch of the flattened residual, seeded offsets): the speed-target planner measures a forecast's "
+            "error on it")}
+        curve = dataclasses.replace(curve, trajectories=trajectories, metadata=metadata)
     save_curve(curve, path)
     _log_saved(curve, path, recording)
     if target.on_saved is not None:

@@ -34,8 +34,9 @@ from workflows import CONTROL_VALUES, DYNAMIC_COMBO, widget_layout
 from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.cache.policy import Plan, plan_run
 from comfyui_magcache.calibration import recorder
-from comfyui_magcache.calibration.curve import CurveError, MagnitudeCurve
+from comfyui_magcache.calibration.curve import SKETCH_SIZE, CurveError, MagnitudeCurve
 from comfyui_magcache.calibration.curve_file import load_curve
+from comfyui_magcache.calibration.recorder import sample_indices
 from comfyui_magcache.calibration.runs import pack_version, runs_of
 from comfyui_magcache.hooks.families import family_of
 from comfyui_magcache.nodes.calibrate_node import MagCacheCalibrate, MagCacheCurvePlot
@@ -183,6 +184,19 @@ class BlockObserver:
                 previous[role] = part
         return {role: np.array(v) for role, v in rows.items()}
 
+    def samples(self) -> dict[int, tuple[list[float], np.ndarray]]:
+        """Per role: the sigmas and the residual's sampled elements (the recorder's indices) at every call."""
+        out: dict[int, tuple[list[float], list[np.ndarray]]] = {}
+        for (roles, sigma), x, y in zip(self.batches, self.inputs, self.outputs):
+            if self.text_first:
+                y = y[:, y.shape[1] - x.shape[1] :]
+            for role, part in zip(roles, (y - x).float().chunk(len(roles))):
+                idx = sample_indices(part.numel(), part.device)
+                sig, rows = out.setdefault(role, ([], []))
+                sig.append(sigma)
+                rows.append(part.reshape(-1)[idx].numpy())
+        return {role: (sig, np.stack(rows)) for role, (sig, rows) in out.items()}
+
 
 @pytest.fixture
 def observer() -> Iterator[list[BlockObserver]]:
@@ -226,6 +240,14 @@ def test_calibration_only_observes_and_records_the_true_ratios(
         np.testing.assert_allclose(rc.ratio_std, want[:, 2], rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(rc.cosine_distance, want[:, 3], rtol=1e-4, atol=1e-6)
     assert len(curve.roles["cond"].sigma) == STEPS
+    # The residual sample at every call (the planner's measured cost), equal to the blocks' own residual there.
+    samples = observer[0].samples()
+    for role_name, role in (("cond", 0), ("uncond", 1)):
+        tr, (sig, rows) = curve.trajectories[role_name], samples[role]
+        np.testing.assert_allclose(tr.sigma, sig, rtol=1e-6)
+        assert tr.values.shape == rows.shape and 0 < tr.values.shape[1] <= SKETCH_SIZE
+        np.testing.assert_allclose(tr.values, rows, rtol=1e-4, atol=1e-6)
+    assert "trajectory" in curve.metadata
 
     # What is needed to judge fit later.
     meta = curve.metadata

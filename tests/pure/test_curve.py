@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from comfyui_magcache.calibration.curve import CurveError, MagnitudeCurve, RoleCurve, role_curve_from_ratios
+from comfyui_magcache.calibration.curve import CurveError, MagnitudeCurve, RoleCurve, Trajectory, role_curve_from_ratios
 from comfyui_magcache.calibration.curve_file import load_curve, save_curve
 
 
@@ -85,6 +85,17 @@ def test_file_round_trip(tmp_path) -> None:
     assert back.roles == curve.roles
     assert back.metadata == curve.metadata
     assert back.name == "rt"
+    assert back.trajectories == {}
+
+
+def test_file_round_trip_keeps_the_trajectory(tmp_path) -> None:
+    cond = RoleCurve(sigma=(1.0, 0.6, 0.2), ratio=(0.97, 0.8))
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    curve = MagnitudeCurve(name="rt", roles={"cond": cond}, trajectories={"cond": Trajectory((1.0, 0.6, 0.2), values)})
+    back = load_curve(save_curve(curve, tmp_path / "rt.safetensors"))
+    assert back.trajectories["cond"].sigma == (1.0, 0.6, 0.2)
+    np.testing.assert_array_equal(back.trajectories["cond"].values, values)
+    assert back.trajectory(1) is back.trajectories["cond"]  # the uncond role reads the cond's
 
 
 def _write_raw(path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
@@ -93,6 +104,7 @@ def _write_raw(path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -
     save_file(tensors, str(path), metadata=metadata)
 
 
+ONE = {"cond.sigma": np.array([1.0, 0.5]), "cond.ratio": np.array([0.9])}
 GOOD_META = {"format": "comfyui-magcache/curve", "format_version": "1", "metadata": json.dumps({})}
 
 
@@ -114,6 +126,27 @@ GOOD_META = {"format": "comfyui-magcache/curve", "format_version": "1", "metadat
             {"cond.sigma": np.array([1.0, 0.5]), "cond.ratio": np.array([0.9]), "evil": np.array([1.0])},
             GOOD_META,
             "unexpected tensors",
+        ),
+        (
+            {**ONE, "cond.trajectory": np.zeros((2, 3), np.float32)},
+            GOOD_META,
+            "needs both 'cond.trajectory_sigma'",
+        ),
+        (
+            {**ONE, "cond.trajectory_sigma": np.array([1.0, 0.5]), "cond.trajectory": np.zeros((3, 3), np.float32)},
+            GOOD_META,
+            "one row per sigma",
+        ),
+        (
+            {**ONE, "cond.trajectory_sigma": np.array([1.0, 0.5]),
+             "cond.trajectory": np.array([[0.0, np.inf], [0.0, 1.0]], np.float32)},
+            GOOD_META,
+            "NaN or infinite",
+        ),
+        (
+            {**ONE, "cond.trajectory_sigma": np.array([0.5, 1.0]), "cond.trajectory": np.zeros((2, 3), np.float32)},
+            GOOD_META,
+            "strictly decreasing",
         ),
     ],
 )

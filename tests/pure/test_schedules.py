@@ -20,6 +20,7 @@ from comfyui_magcache.cache.planner import (
     computed_budget,
     forced_calls,
     forecast_error,
+    pictures,
     plan_for_speed,
     reuse_error,
     uniform_skips,
@@ -27,7 +28,7 @@ from comfyui_magcache.cache.planner import (
 from comfyui_magcache.cache.policy import SkipSettings, simulate
 from comfyui_magcache.cache.reuse import PlainReuse
 from comfyui_magcache.cache.taylor import SigmaPolynomial
-from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve
+from comfyui_magcache.calibration.curve import MagnitudeCurve, RoleCurve, Trajectory
 from comfyui_magcache.hooks import hidden
 
 
@@ -52,16 +53,17 @@ def total_error(curve: MagnitudeCurve, model: ErrorModel, sigmas: list[float], s
     mean = sum(steps) / len(steps)
     power = 5.0 if objective is Objective.PEAK else 1.0
     computed = [j for j, skip in enumerate(skips) if not skip]
+    picture = pictures(curve, (0, 1), calls)[0]
     total = 0.0
     for i, c in enumerate(computed):
         end = computed[i + 1] if i + 1 < len(computed) else len(calls)
-        history = (calls[computed[i - 1]], calls[c]) if i > 0 else (calls[c],)
+        history = (computed[i - 1], c) if i > 0 else (c,)
         seg = 0.0
         for j in range(c + 1, end):
             if model is ErrorModel.FORECAST:
                 progress = (sigmas[0] - calls[j]) / (sigmas[0] - sigmas[-1])
-                seg += forecast_error(curve, estimator or PlainReuse(), (0, 1), calls[0], history, calls[j],
-                                      progress, steps[j], mean)
+                seg += forecast_error(estimator or PlainReuse(), picture, history, calls, j, progress,
+                                      steps[j] / mean)
             else:
                 seg += reuse_error(curve, model, (0, 1), calls[c], calls[j], steps[j], mean)
         total += seg**power
@@ -113,7 +115,8 @@ def test_forecast_error_of_plain_reuse_is_the_vector_error() -> None:
     curve = law(cosine=True)
     for s_c, s_j in [(0.9, 0.7), (0.6, 0.2), (0.3, 0.05)]:
         direct = reuse_error(curve, ErrorModel.DIRECTION, (0, 1), s_c, s_j, 1.0, 1.0)
-        planar = forecast_error(curve, PlainReuse(), (0, 1), 1.0, (s_c,), s_j, 0.5, 1.0, 1.0)
+        calls = [1.0, s_c, s_j]
+        planar = forecast_error(PlainReuse(), pictures(curve, (0, 1), calls)[0], (1,), calls, 2, 0.5, 1.0)
         assert planar == pytest.approx(direct, rel=1e-9)
 
 
@@ -122,9 +125,30 @@ def test_forecast_error_of_the_line_is_small_where_the_residual_moves_steadily()
     sig = tuple(float(x) for x in np.linspace(1.0, 0.0, 21))
     rc = RoleCurve(sig, (0.97,) * 20, cosine_distance=(0.002,) * 20)
     curve = MagnitudeCurve(name="steady", roles={"cond": rc, "uncond": rc})
-    plain = forecast_error(curve, PlainReuse(), (0,), 1.0, (0.5,), 0.4, 0.5, 1.0, 1.0)
-    line = forecast_error(curve, SigmaPolynomial(1), (0,), 1.0, (0.6, 0.5), 0.4, 0.5, 1.0, 1.0)
+    calls = [1.0, 0.6, 0.5, 0.4]
+    picture, measured = pictures(curve, (0,), calls)
+    assert not measured
+    plain = forecast_error(PlainReuse(), picture, (2,), calls, 3, 0.5, 1.0)
+    line = forecast_error(SigmaPolynomial(1), picture, (1, 2), calls, 3, 0.5, 1.0)
     assert line < plain / 5
+
+
+def test_a_recorded_trajectory_is_what_the_planner_measures_on() -> None:
+    """With a trajectory the error is the forecast's on the recorded sample: exact where the sample is a line."""
+    sig = tuple(float(x) for x in np.linspace(1.0, 0.0, 11))
+    direction = np.linspace(-1.0, 1.0, 64)
+    values = np.stack([np.cos(3 * s) * np.ones(64) + s * direction for s in sig]).astype(np.float32)
+    rc = RoleCurve(sig, (0.97,) * 10)
+    curve = MagnitudeCurve(name="t", roles={"cond": rc}, trajectories={"cond": Trajectory(sig, values)})
+    calls = [1.0, 0.9, 0.8, 0.7]
+    picture, measured = pictures(curve, (0, 1), calls)
+    assert measured and len(picture) == 2  # the uncond role reads the cond's trajectory
+    np.testing.assert_allclose(picture[0][2], values[2], rtol=1e-6)
+    plain = forecast_error(PlainReuse(), picture, (2,), calls, 3, 0.5, 1.0)
+    expected = np.linalg.norm(values[2].astype(np.float64) - values[3]) / np.linalg.norm(values[3].astype(np.float64))
+    assert plain == pytest.approx(expected, rel=1e-5)
+    # Halfway between recorded calls the sample is read linearly.
+    np.testing.assert_allclose(curve.trajectory(0).at(0.85), (values[1] + values[2]) / 2, rtol=1e-5)
 
 
 def test_planner_raises_k_just_enough_to_reach_the_speed() -> None:
