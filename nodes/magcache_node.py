@@ -45,7 +45,7 @@ SETTINGS = (BY_CURVE, CUSTOM)
 CACHE_DEVICES = ("compute", "offload")
 SCHEDULES = tuple(w.value for w in When)
 REUSES = tuple(r.value for r in Reuse)
-SPEED_RANGE = (1.0, 4.0)
+SPEED_RANGE = (1.0, 6.0)
 #: What the widgets show before the user picks numbers: the recommendation a curve without one gets.
 SHOWN = catalog.Recommended()
 

@@ -155,7 +155,7 @@ def test_settings_choose_between_the_curves_values_and_the_numbers() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "error"),
     [
-        ("speed", 4.5, "value_bigger_than_max"),
+        ("speed", 6.5, "value_bigger_than_max"),
         ("speed", 0.5, "value_smaller_than_min"),
         ("start", -0.1, "value_smaller_than_min"),
         ("end", 1.01, "value_bigger_than_max"),
@@ -203,7 +203,7 @@ def test_rule_settings_out_of_range_are_refused_naming_the_input(monkeypatch, na
         ("threshold", 2.0),
         ("max_consecutive_skips", 20),
         ("end", 1.0),
-        ("speed", 4.0),
+        ("speed", 6.0),
         ("speed", 1.0),
         ("threshold", -1),
         ("max_consecutive_skips", -1),
