@@ -518,8 +518,8 @@ def section_forecasts(args: argparse.Namespace) -> dict[str, Any]:
     schedule and the speed target, at 1.5x-4x, over several samplers and step counts, on the embedded tiny Wan.
 
     Speed is counted in branch runs of the block stack (an uncached run's / this run's: a skipped call saves
-    both CFG branches, a CFG-Cache call one). One calibration sample (euler, 50 steps) serves every protocol: the curve is indexed
-    by sigma.
+    both CFG branches, a CFG-Cache call one). One calibration sample (euler, 50 steps) serves every
+    protocol: the curve is indexed by sigma.
     """
     import tempfile
 
