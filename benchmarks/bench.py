@@ -162,6 +162,7 @@ class Timed:
 #: Modes sections 1 and 2 can time (``--mode``): the MagCache node's inputs for each.
 SPEED_MODES: dict[str, dict[str, Any]] = {
     "rule": {"schedule": When.RULE.value},
+    "default": {},  # the node as a new node in the page has it (demo.page_defaults)
     "target": {"schedule": When.TARGET.value},
     "target-scaled": {"schedule": When.TARGET.value, "reuse": Reuse.SCALED.value},
     "target-extrapolated": {"schedule": When.TARGET.value, "reuse": Reuse.EXTRAPOLATED.value},
@@ -174,7 +175,7 @@ SPEED_MODES: dict[str, dict[str, Any]] = {
 def mode_model(patcher: Any, mode: str, computing_everything: bool) -> Any:
     """The node in ``mode`` with the preset; computing every call (threshold 0 / speed 1), or at 2x (the rule:
     its recommended threshold)."""
-    inputs = dict(SPEED_MODES[mode])
+    inputs = demo.page_defaults() if mode == "default" else dict(SPEED_MODES[mode])
     if inputs["schedule"] == When.RULE.value:
         return preset_model(patcher, **({"threshold": 0.0} if computing_everything else {}), **inputs)
     return preset_model(patcher, speed=1.0 if computing_everything else 2.0, **inputs)

@@ -58,16 +58,23 @@ DEFAULT_REUSE = Reuse.EXTRAPOLATED
 DEFAULT_CFG_CACHE = False
 
 
-def recommended_retention(when: When, curve_retention: float) -> float:
-    """The retention "recommended by the curve" for a schedule: the curve's for the paper's rule, none otherwise.
+def recommended_retention(when: When, curve_retention: float, measured: bool) -> float:
+    """The retention "recommended by the curve" for a schedule.
 
-    The rule needs it: its error estimate barely grows where the curve is flat,
-    so without retention it would spend its skips in the first, layout-setting
-    steps. The speed target places every computed call itself, and measured
-    better without it: on the embedded model, 16 pairs, 2x, 33.06 dB / SSIM
-    0.977 without against 27.53 dB / 0.937 with 0.2 (benchmarks/results/RESULTS.md).
+    The paper's rule gets the curve's: its error estimate barely grows where
+    the curve is flat, so without retention it would spend its skips in the
+    first, layout-setting steps. The speed schedules get none where the curve
+    carries a measured trajectory (a MagCache Calibrate curve): the planner
+    then measures each skip's error on the calibration sample itself and
+    places every computed call, and on the embedded model it measured better
+    without (benchmarks/results/RESULTS.md). With a curve that records no
+    trajectory (the published presets, older calibrations) the planner's cost
+    is only predicted, and nothing we can measure shows what a skip in the
+    first steps does to a real picture's layout, so they keep the curve's
+    retention, as every method validated on real models protects those steps
+    (MagCache 20%, EasyCache 15%).
     """
-    return curve_retention if when is When.RULE else 0.0
+    return 0.0 if when is not When.RULE and measured else curve_retention
 
 
 #: Fraction of the schedule within which a call counts as on a window bound (1.5 of 1000 model timesteps).

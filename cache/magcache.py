@@ -178,9 +178,8 @@ class RunState:
         else:
             how = f"{config.when.value} {config.speed:g}x"
         if config.when is When.TARGET:
-            cost = config.error_model.value
-            if config.error_model is ErrorModel.FORECAST:
-                cost = f"{'measured' if config.curve.trajectory(0) is not None else 'predicted'} {cost}"
+            measured = config.error_model is ErrorModel.FORECAST and config.curve.trajectory(0) is not None
+            cost = f"{'measured' if measured else 'predicted'} {config.error_model.value}"
             how += f", {config.objective.value} of {cost}"
         text = (
             f"MagCache: computing {self.plan.computed} of {self.plan.total} steps, ~{self.plan.speedup:.2f}x "

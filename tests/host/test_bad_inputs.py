@@ -140,8 +140,10 @@ def test_settings_choose_between_the_curves_values_and_the_numbers() -> None:
     custom = {**GOOD, "settings": CUSTOM, "threshold": 0.5, "max_consecutive_skips": 7, "retention_ratio": 0.4}
     by_curve = config_of(run_node(wan.patcher, **{**custom, "settings": BY_CURVE}))
     rec = catalog.Recommended.of(by_curve.curve)
-    # The curve's retention is the rule's; the speed schedules place every computed call themselves.
-    expected_retention = rec.retention if by_curve.when is When.RULE else 0.0
+    # The curve's retention is the rule's, and the speed schedules' with a curve that records no trajectory
+    # (this preset); with a measured trajectory they place every computed call themselves.
+    assert by_curve.curve.trajectory(0) is None
+    expected_retention = rec.retention
     assert (by_curve.threshold, by_curve.max_skips, by_curve.retention) == (
         rec.threshold, rec.max_skips, expected_retention,
     )

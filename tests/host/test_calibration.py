@@ -364,6 +364,28 @@ def within_one_step(a: Plan, b: Plan) -> bool:
     return abs(len(ca) - len(cb)) <= 1 and near
 
 
+def test_a_calibrated_curve_gives_the_speed_target_a_measured_cost_and_no_retention(
+    wan: tiny_models.TinyModel, curve_folder: Path, magcache_log: pytest.LogCaptureFixture
+) -> None:
+    """A curve with its trajectory: "recommended by the curve" forces no first steps, the plan line says measured."""
+    patched, name = calibrate(wan.patcher, "measured")
+    sample(wan, patched)
+    (model,) = MagCacheApply.execute(
+        wan.patcher, curve=name, speed=2.0, schedule="speed target", settings="recommended by the curve"
+    ).result
+    config = model.model_options["transformer_options"][engine.KEY]
+    assert config.curve.trajectory(0) is not None and config.retention == 0.0
+    sample(wan, model)
+    assert f"{config.objective.value} of measured {config.error_model.value}" in magcache_log.text
+    # A preset (no trajectory) keeps its retention for the speed target, and its cost is predicted.
+    (preset,) = MagCacheApply.execute(wan.patcher, speed=2.0, schedule="speed target",
+                                      settings="recommended by the curve").result
+    config = preset.model_options["transformer_options"][engine.KEY]
+    assert config.curve.trajectory(0) is None and config.retention == 0.2
+    sample(wan, preset)
+    assert f"{config.objective.value} of predicted {config.error_model.value}" in magcache_log.text
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_30_step_calibration_plans_50_steps_like_a_50_step_calibration(
     family: str, curve_folder: Path, magcache_log: pytest.LogCaptureFixture
