@@ -48,33 +48,32 @@ class Reuse(str, Enum):
     SPECTRAL = "forecast: Chebyshev fit (Spectrum)"  # a ridge fit over the last few, blended with the line
 
 
-#: The node's defaults: the combination the quality benchmark found best (benchmarks/results/RESULTS.md,
-#: embedded model, 16 pairs): the speed target with the vector error model, extrapolated reuse, no retention
-#: ("recommended by the curve" for a speed schedule), no CFG-Cache. At 2x 36.04 dB / SSIM 0.983 against the
-#: uniform schedule's 33.14 / 0.926 and the paper's rule's 29.00 / 0.952; ahead of uniform at every column.
+#: The node's defaults: the combination the forecasts benchmark found best over its protocol matrix
+#: (benchmarks/results/RESULTS.md, embedded model, 16 pairs, euler 50 / uni_pc 30 / dpmpp_2m 20 /
+#: res_multistep 30 steps): the speed target planned with the vector error model, skipped calls filled with
+#: the undamped line through the last two computed residuals, no CFG-Cache. See README "Benchmarks".
 DEFAULT_WHEN = When.TARGET
 DEFAULT_SPEED = 2.0
-DEFAULT_REUSE = Reuse.EXTRAPOLATED
+DEFAULT_REUSE = Reuse.LINEAR
 DEFAULT_CFG_CACHE = False
 
 
-def recommended_retention(when: When, curve_retention: float, measured: bool) -> float:
+def recommended_retention(when: When, curve_retention: float, calibrated: bool) -> float:
     """The retention "recommended by the curve" for a schedule.
 
     The paper's rule gets the curve's: its error estimate barely grows where
     the curve is flat, so without retention it would spend its skips in the
-    first, layout-setting steps. The speed schedules get none where the curve
-    carries a measured trajectory (a MagCache Calibrate curve): the planner
-    then measures each skip's error on the calibration sample itself and
-    places every computed call, and on the embedded model it measured better
-    without (benchmarks/results/RESULTS.md). With a curve that records no
-    trajectory (the published presets, older calibrations) the planner's cost
-    is only predicted, and nothing we can measure shows what a skip in the
-    first steps does to a real picture's layout, so they keep the curve's
-    retention, as every method validated on real models protects those steps
-    (MagCache 20%, EasyCache 15%).
+    first, layout-setting steps. The speed schedules get none with a curve
+    MagCache Calibrate recorded on the user's own model (``calibrated``: it
+    carries direction changes and the residual's trajectory, so the planner
+    knows that model's first steps): they place every computed call
+    themselves, and measured better without on the embedded model
+    (benchmarks/results/RESULTS.md). With a published preset nothing we can
+    measure shows what a skip in the first steps does to a real picture's
+    layout, so it keeps the curve's retention, as every method validated on
+    real models protects those steps (MagCache 20%, EasyCache 15%).
     """
-    return 0.0 if when is not When.RULE and measured else curve_retention
+    return 0.0 if when is not When.RULE and calibrated else curve_retention
 
 
 #: Fraction of the schedule within which a call counts as on a window bound (1.5 of 1000 model timesteps).

@@ -13,6 +13,7 @@ checkout's ``models/``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +33,8 @@ from conftest import BlockCounter
 from workflows import CONTROL_VALUES, DYNAMIC_COMBO, widget_layout
 
 from comfyui_magcache.cache import magcache as engine
+from comfyui_magcache.cache.config import Reuse
+from comfyui_magcache.cache.planner import ErrorModel
 from comfyui_magcache.cache.policy import Plan, plan_run
 from comfyui_magcache.calibration import recorder
 from comfyui_magcache.calibration.curve import SKETCH_SIZE, CurveError, MagnitudeCurve
@@ -364,26 +367,26 @@ def within_one_step(a: Plan, b: Plan) -> bool:
     return abs(len(ca) - len(cb)) <= 1 and near
 
 
-def test_a_calibrated_curve_gives_the_speed_target_a_measured_cost_and_no_retention(
+def test_a_calibrated_curve_gives_the_speed_target_no_retention_and_the_planner_a_measured_cost(
     wan: tiny_models.TinyModel, curve_folder: Path, magcache_log: pytest.LogCaptureFixture
 ) -> None:
-    """A curve with its trajectory: "recommended by the curve" forces no first steps, the plan line says measured."""
+    """A curve with its trajectory: "recommended by the curve" forces no first steps for the speed target, and
+    the forecast-costing planner measures on it (the plan line says so); a preset keeps its retention and the
+    planner's cost is predicted."""
     patched, name = calibrate(wan.patcher, "measured")
     sample(wan, patched)
-    (model,) = MagCacheApply.execute(
-        wan.patcher, curve=name, speed=2.0, schedule="speed target", settings="recommended by the curve"
-    ).result
+    by_curve = {"speed": 2.0, "schedule": "speed target", "settings": "recommended by the curve"}
+    (model,) = MagCacheApply.execute(wan.patcher, curve=name, **by_curve).result
     config = model.model_options["transformer_options"][engine.KEY]
     assert config.curve.trajectory(0) is not None and config.retention == 0.0
-    sample(wan, model)
-    assert f"{config.objective.value} of measured {config.error_model.value}" in magcache_log.text
-    # A preset (no trajectory) keeps its retention for the speed target, and its cost is predicted.
-    (preset,) = MagCacheApply.execute(wan.patcher, speed=2.0, schedule="speed target",
-                                      settings="recommended by the curve").result
-    config = preset.model_options["transformer_options"][engine.KEY]
-    assert config.curve.trajectory(0) is None and config.retention == 0.2
-    sample(wan, preset)
-    assert f"{config.objective.value} of predicted {config.error_model.value}" in magcache_log.text
+    (preset,) = MagCacheApply.execute(wan.patcher, **by_curve).result
+    preset_config = preset.model_options["transformer_options"][engine.KEY]
+    assert preset_config.curve.trajectory(0) is None and preset_config.retention == 0.2
+    for cfg, cost in ((config, "measured"), (preset_config, "predicted")):
+        forecasting = wan.patcher.clone()
+        engine.attach(forecasting, dataclasses.replace(cfg, error_model=ErrorModel.FORECAST, reuse=Reuse.LINEAR))
+        sample(wan, forecasting)
+        assert f"sum of {cost} forecast x step" in magcache_log.text.splitlines()[-2], magcache_log.text
 
 
 @pytest.mark.parametrize("family", FAMILIES)
