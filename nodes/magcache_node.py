@@ -133,9 +133,13 @@ class MagCacheApply(io.ComfyNode):
                     options=list(REUSES),
                     default=DEFAULT_REUSE.value,
                     optional=True,
-                    tooltip="What a skipped step uses in place of the transformer blocks. 'plain': the last "
-                    "computed change, as it is (the paper). 'scaled': that change resized as the curve predicts. "
-                    "'extrapolated (FasterCache)': continued from the last two computed steps. Every schedule.",
+                    tooltip="What a skipped step uses in place of the transformer blocks. 'forecast: line' "
+                    "(default): the change continued along the line through the last two computed steps; it kept "
+                    "the picture best in our benchmark. 'forecast: parabola': through the last three (better at "
+                    "low speeds, unstable at 4x). 'forecast: Chebyshev fit (Spectrum)': a smooth fit over the "
+                    "last six. 'plain': the last computed change as it is (the paper). 'scaled': resized as the "
+                    "curve predicts. 'extrapolated (FasterCache)': the line, damped early in the run (older "
+                    "workflows). Forecasts keep 2, 3 or 6 changes per prompt in memory. Every schedule.",
                 ),
                 io.Boolean.Input(
                     "cfg_cache",
