@@ -178,7 +178,7 @@ def mode_model(patcher: Any, mode: str, computing_everything: bool) -> Any:
     inputs = demo.page_defaults() if mode == "default" else dict(SPEED_MODES[mode])
     if inputs["schedule"] == When.RULE.value:
         return preset_model(patcher, **({"threshold": 0.0} if computing_everything else {}), **inputs)
-    return preset_model(patcher, speed=1.0 if computing_everything else 2.0, **inputs)
+    return preset_model(patcher, **{**inputs, "speed": 1.0 if computing_everything else 2.0})
 
 
 def mode_file(section: str, mode: str) -> str:
