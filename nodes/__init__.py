@@ -1,5 +1,7 @@
-"""Node classes and the engine that hooks MagCache into ComfyUI's model.
+"""The pack's node classes: thin layers that validate inputs, build a config and attach it to a clone.
 
-Kept free of imports so the pure parts (``policy``, ``architectures``) load
-without ComfyUI; ``mappings`` gathers the node classes for ComfyUI.
+``magcache_node`` (MagCache), ``calibrate_node`` (MagCache Calibrate, Curve
+Plot), ``demo_nodes`` (the embedded tiny model's demo); ``mappings`` gathers
+them for ComfyUI. Kept free of imports, so loading one module does not load
+ComfyUI's node machinery for the others.
 """
