@@ -452,9 +452,13 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
 
 def planned_roles(guider: Any) -> tuple[int, ...]:
     """The conditioning roles the plan assumes: CFGGuider's cond (and uncond unless cfg is 1, where ComfyUI drops
-    it), or every cond a guider without one cfg names (DualCFGGuider, PerpNegGuider), by what it is."""
-    if hasattr(guider, "cfg"):
-        return (variants.POSITIVE, variants.NEGATIVE) if float(guider.cfg) != 1.0 else (variants.POSITIVE,)
+    it), or every cond a guider of its own names (DualCFGGuider, PerpNegGuider), by what it is."""
+    import comfy.samplers
+
+    standard = getattr(type(guider), "predict_noise", None) is comfy.samplers.CFGGuider.predict_noise
+    if standard or not hasattr(guider, "conds"):
+        cfg = float(getattr(guider, "cfg", 1.0))
+        return (variants.POSITIVE, variants.NEGATIVE) if cfg != 1.0 else (variants.POSITIVE,)
     named = getattr(guider, "conds", None) or getattr(guider, "original_conds", None) or {}
     roles = tuple(sorted(set(variants.named_roles(named).values())))
     return roles or (variants.POSITIVE, variants.NEGATIVE)
