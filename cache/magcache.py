@@ -438,7 +438,8 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     cache_device = torch.device(patcher.offload_device) if config.offload_cache else None
     run = RunState(config=config, sigmas=sigmas, roles=planned_roles(guider), cache_device=cache_device)
     run.guider = guider
-    run.hooks = RunHooks(run, family, config.level)
+    # The node's family (a curve was chosen for it); the run's was only checked to be of the same layout.
+    run.hooks = RunHooks(run, config.family, config.level)
     try:
         with run_scope(guider, KEY, run.hooks, run):
             return executor(*args, **kwargs)

@@ -25,6 +25,7 @@ import pytest
 #: Folder name of each pack, and the repository it is cloned from.
 PACKS = {
     "RES4LYF": "ClownsharkBatwing/RES4LYF",
+    "ComfyUI-GGUF": "city96/ComfyUI-GGUF",
 }
 
 

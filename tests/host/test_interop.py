@@ -196,6 +196,32 @@ def test_bypassed_block_patches_move_the_run_to_the_output_level(wan, magcache_l
     assert torch.isfinite(out).all()
 
 
+class BypassAll(Bypass):
+    """An object patch of ``forward`` that runs ``_forward`` directly: neither the diffusion-model wrapper
+    nor the block patches are reached."""
+
+    def __init__(self, diffusion_model: Any) -> None:
+        super().__init__(diffusion_model)
+        self.forward_orig = functools.partial(type(diffusion_model)._forward, diffusion_model)
+
+
+def test_bypassed_block_patches_and_wrapper_stand_aside_and_no_skip_is_counted(wan, magcache_log) -> None:
+    def bypassed_all(patcher: Any, bypass: BypassAll) -> Any:
+        m = patcher.clone()
+        m.add_object_patch("diffusion_model.forward", bypass)
+        return m
+
+    reference = sample(wan, bypassed_all(wan.patcher, BypassAll(wan.patcher.model.diffusion_model)))
+    bypass = BypassAll(wan.patcher.model.diffusion_model)
+    out = sample(wan, bypassed_all(magcache(wan.patcher, 2.0), bypass))
+    assert torch.equal(out, reference) and bypass.calls == STEPS
+    assert "ComfyUI did not call the block patches this family is known to have; skipping switched off" in (
+        magcache_log.text
+    )
+    assert summaries(magcache_log.text)[-1] == (0, STEPS)
+    assert "skipping was switched off (check failed" in magcache_log.text
+
+
 # -- conditioning roles ----------------------------------------------------------------------------
 def test_dual_cfg_guider_cfg_cache_leaves_out_the_negative(wan, magcache_log) -> None:
     """DualCFGGuider passes [negative, middle, positive]: CFG-Cache must rebuild the negative, not the middle."""

@@ -175,3 +175,81 @@ def test_res4lyf_rewan_after_magcache_stands_aside_and_says_so(res4lyf, wan, mag
     assert "ReWanModel (model config WAN21_T2V) is a model this version of the pack does not know; this run " \
            "computes every step" in magcache_log.text
     assert not summaries(magcache_log.text)
+
+
+# -- ComfyUI-GGUF ------------------------------------------------------------------------------------
+def write_gguf(diffusion_model: torch.nn.Module, path: Any, quant: str) -> None:
+    """The tiny Wan as a GGUF file, written with the ``gguf`` package: linear weights in ``quant``, the rest F32."""
+    import gguf
+    import numpy as np
+
+    qtype = gguf.GGMLQuantizationType[quant]
+    writer = gguf.GGUFWriter(str(path), "wan")
+    for name, tensor in diffusion_model.state_dict().items():
+        data = tensor.detach().float().cpu().numpy()
+        if data.ndim == 2 and name.endswith(".weight") and data.shape[-1] % 32 == 0:
+            if qtype is gguf.GGMLQuantizationType.F16:
+                writer.add_tensor(name, data.astype(np.float16))
+            else:
+                writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def gguf_loader() -> Any:
+    pack = packs.load("ComfyUI-GGUF")
+    return pack.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]()
+
+
+@pytest.fixture(scope="module")
+def gguf_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    import folder_paths
+
+    folder = tmp_path_factory.mktemp("gguf")
+    folder_paths.add_model_folder_path("diffusion_models", str(folder))
+    yield folder
+    paths, _ = folder_paths.folder_names_and_paths["diffusion_models"]
+    if str(folder) in paths:
+        paths.remove(str(folder))
+
+
+def with_lora(patcher: Any) -> Any:
+    """A weight patch as a LoRA loader applies it (ComfyUI's 'diff' format), on a quantised weight."""
+    m = patcher.clone()
+    key = "diffusion_model.blocks.1.ffn.0.weight"
+    m.add_patches({key: (torch.full(tuple(patcher.model.diffusion_model.blocks[1].ffn[0].weight.shape), 0.01),)}, 1.0)
+    return m
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "F16", "Q4_0"])
+def test_gguf_quantised_wan_with_lora_before_and_after(gguf_loader, gguf_folder, wan, quant, magcache_log) -> None:
+    name = f"tiny_wan_{quant}.gguf"
+    write_gguf(wan.patcher.model.diffusion_model, gguf_folder / name, quant)
+    (model,) = gguf_loader.load_unet(name)
+    assert type(model).__name__ == "GGUFModelPatcher"
+    plain = sample(wan, model, "euler")
+    assert torch.equal(sample(wan, magcache(model, 1.0), "euler"), plain)
+    reference = sample(wan, wan.patcher, "euler")
+    reference_error = relative_error(sample(wan, magcache(wan.patcher, 2.0), "euler"), reference)
+    lora_plain = sample(wan, with_lora(model), "euler")
+    assert not torch.equal(lora_plain, plain), "the LoRA acts on the quantised model"
+
+    def chain(order: str, speed: float) -> Any:
+        return magcache(with_lora(model), speed) if order == "before" else with_lora(magcache(model, speed))
+
+    for order in ("before", "after"):
+        assert torch.equal(sample(wan, chain(order, 1.0), "euler"), lora_plain), order
+        patched = chain(order, 2.0)
+        recorder = Recorder(patched)
+        counter = BlockCounter([model.model.diffusion_model.blocks[0]])
+        out = sample(wan, patched, "euler")
+        counter.close()
+        skipped, total = summaries(magcache_log.text)[-1]
+        assert total == STEPS and skipped == recorder.planned_skips(patched) > 0, order
+        assert counter.calls == total - skipped, order
+        assert relative_error(out, lora_plain) <= 1.5 * reference_error + 0.01, order
