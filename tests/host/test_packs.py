@@ -232,7 +232,9 @@ def test_gguf_quantised_wan_with_lora_before_and_after(gguf_loader, gguf_folder,
     write_gguf(wan.patcher.model.diffusion_model, gguf_folder / name, quant)
     (model,) = gguf_loader.load_unet(name)
     assert type(model).__name__ == "GGUFModelPatcher"
+    assert type(model.model.diffusion_model.blocks[1].ffn[0].weight).__name__ == "GGMLTensor"
     plain = sample(wan, model, "euler")
+    assert not torch.equal(plain, sample(wan, wan.patcher, "euler")), "the quantised weights are the ones used"
     assert torch.equal(sample(wan, magcache(model, 1.0), "euler"), plain)
     reference = sample(wan, wan.patcher, "euler")
     reference_error = relative_error(sample(wan, magcache(wan.patcher, 2.0), "euler"), reference)
