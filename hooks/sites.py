@@ -365,7 +365,7 @@ class _BlockPatch:
     def __call__(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         hooks = self.hooks
         batch = hooks.batch
-        if batch is None:  # called outside a sampling run we prepared
+        if batch is None or hooks.level is Level.OUTPUT:  # outside a run we prepared, or the run moved to the output
             return self._compute(args, extra)
         key = self.stack.key
         if self.first:
