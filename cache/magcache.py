@@ -122,7 +122,7 @@ class RunState:
     disabled: str | None = None  # why skipping is off for this run, if it is
     evaluation: _Evaluation | None = None
     reference: frozenset[variants.Leaf] | None = None  # what the run's own evaluations compute (variants.signature)
-    #: Role of each of the guider's cond lists, by identity (variants.named_roles); refreshed per evaluation.
+    #: The run's guider: its named conds tell each cond's role (variants.named_roles), read per evaluation.
     guider: Any = None
     changed: list[str] = field(default_factory=list)  # option names that made the first variant one
     #: Cached residual per conditioning uuid, and per whole batch (by its uuids) for the one-add path.
@@ -343,6 +343,7 @@ class RunState:
         self.by_batch.clear()
         self.evaluation = None
         self.cfg = None
+        self.guider = None
 
 
     def summary(self) -> str:
