@@ -51,6 +51,33 @@ def commit(name: str) -> str:
 
 
 @contextmanager
+def _comfy_utils_package() -> Iterator[None]:
+    """``utils`` as ComfyUI's own package while its server and a pack import.
+
+    ComfyUI's ``main.py`` imports its ``utils`` package before ``nodes.py`` puts ``comfy/`` first on
+    ``sys.path``; a test process that imported ``nodes`` first finds ``comfy/utils.py`` under that name,
+    and ComfyUI's server (which packs import) then fails. What the name held before is put back after.
+    """
+    before = sys.modules.get("utils")
+    if before is not None and hasattr(before, "__path__"):
+        yield
+        return
+    sys.modules.pop("utils", None)
+    removed = [p for p in sys.path if Path(p, "utils.py").is_file() and Path(p).name == "comfy"]
+    for p in removed:
+        sys.path.remove(p)
+    try:
+        importlib.import_module("utils.install_util")
+    finally:
+        sys.path[:0] = removed
+    try:
+        yield
+    finally:
+        if before is not None:
+            sys.modules["utils"] = before
+
+
+@contextmanager
 def _server_instance(cls: Any) -> Iterator[None]:
     """A stand-in ``PromptServer.instance`` while a pack imports (packs register web routes at import).
 
@@ -88,11 +115,9 @@ def load(name: str) -> types.ModuleType:
     if str(folder.parent) not in sys.path:
         sys.path.append(str(folder.parent))
     try:
-        # ComfyUI has imported its own server (and its ``utils`` package) before it loads any pack; packs
-        # rely on that order (a later ``import utils`` would find ``comfy/utils.py`` first).
-        importlib.import_module("utils.install_util")
-        server = importlib.import_module("server")
-        with _server_instance(server.PromptServer):
-            return importlib.import_module(name)
+        with _comfy_utils_package():
+            server = importlib.import_module("server")
+            with _server_instance(server.PromptServer):
+                return importlib.import_module(name)
     except Exception as exc:  # whatever stops the pack from loading is reported, not raised
         pytest.skip(f"PACK DOES NOT LOAD: {name} at {folder} ({commit(name)}): {type(exc).__name__}: {exc}")
