@@ -26,6 +26,7 @@ import pytest
 PACKS = {
     "RES4LYF": "ClownsharkBatwing/RES4LYF",
     "ComfyUI-GGUF": "city96/ComfyUI-GGUF",
+    "ComfyUI-KJNodes": "kijai/ComfyUI-KJNodes",
 }
 
 
@@ -89,6 +90,7 @@ def _server_instance(cls: Any) -> Iterator[None]:
         from aiohttp import web
 
         cls.instance = types.SimpleNamespace(
+            app=web.Application(),
             routes=web.RouteTableDef(),
             supports=["custom_nodes_from_web"],
             client_id=None,

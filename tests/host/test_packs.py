@@ -255,3 +255,46 @@ def test_gguf_quantised_wan_with_lora_before_and_after(gguf_loader, gguf_folder,
         assert total == STEPS and skipped == recorder.planned_skips(patched) > 0, order
         assert counter.calls == total - skipped, order
         assert relative_error(out, lora_plain) <= 1.5 * reference_error + 0.01, order
+
+
+# -- ComfyUI-KJNodes -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kjnodes() -> Any:
+    return packs.load("ComfyUI-KJNodes").NODE_CLASS_MAPPINGS
+
+
+KJ_PATCHES = {
+    # Enhance-A-Video: object patches of every block's self-attention forward.
+    "WanVideoEnhanceAVideoKJ": lambda node, m, tiny: node.enhance(m, 2.0, {"samples": tiny.latent}),
+    # NAG: object patches of every block's cross-attention forward, with the negative prompt's context.
+    "WanVideoNAG": lambda node, m, tiny: node.patch(m, tiny.negative, 11.0, 0.25, 2.5),
+    # CFG-Zero*: a CFG function, and zeroed first steps.
+    "CFGZeroStarAndInit": lambda node, m, tiny: node.patch(m, True, 1),
+}
+
+
+@pytest.mark.parametrize("node_name", list(KJ_PATCHES))
+def test_kjnodes_wan_patches_before_and_after(kjnodes, wan, node_name, magcache_log) -> None:
+    node = kjnodes[node_name]()
+
+    def kj(m: Any) -> Any:
+        return KJ_PATCHES[node_name](node, m, wan)[0]
+
+    def chain(order: str, speed: float) -> Any:
+        return magcache(kj(wan.patcher), speed) if order == "before" else kj(magcache(wan.patcher, speed))
+
+    reference = sample(wan, wan.patcher, "euler")
+    reference_error = relative_error(sample(wan, magcache(wan.patcher, 2.0), "euler"), reference)
+    plain = sample(wan, kj(wan.patcher), "euler")
+    assert not torch.equal(plain, reference), f"{node_name} acts on the model"
+    for order in ("before", "after"):
+        assert torch.equal(sample(wan, chain(order, 1.0), "euler"), plain), order
+        patched = chain(order, 2.0)
+        recorder = Recorder(patched)
+        counter = BlockCounter([wan.patcher.model.diffusion_model.blocks[0]])
+        out = sample(wan, patched, "euler")
+        counter.close()
+        skipped, total = summaries(magcache_log.text)[-1]
+        assert total == STEPS and skipped == recorder.planned_skips(patched) > 0, order
+        assert counter.calls == total - skipped, order
+        assert relative_error(out, plain) <= 1.5 * reference_error + 0.01, order
