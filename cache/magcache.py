@@ -11,9 +11,11 @@ Pieces, in the order a sampling run meets them:
   run's first model evaluation, plans the whole run from the curve and the
   sigmas on the model as loaded for it and logs the plan; then, once per
   model evaluation, asks the pure :class:`~.policy.SkipPolicy` whether this
-  evaluation may skip. An evaluation whose options differ from the run's own
-  (a guidance method calling the model again with layers skipped or patches
-  changed) is computed in full and never shares the cache.
+  evaluation may skip. An evaluation that computes something else than the
+  run's own (a guidance method calling the model again with layers skipped
+  or patches changed, see :mod:`.variants`) is computed in full and never
+  shares the cache; a sampler's per-call bookkeeping in the options is not
+  such a change.
 * the shared ``APPLY_MODEL`` wrapper and block patches / output wrapper
   (``hooks``) call :meth:`RunState.begin_batch`, :meth:`RunState.cached`
   and :meth:`RunState.store`.
@@ -24,6 +26,7 @@ in the per-run options ComfyUI discards when sampling ends.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -34,12 +37,12 @@ from typing import Any
 import torch
 
 from ..hooks import hidden
-from ..hooks.families import Level
+from ..hooks.families import OUTPUT_STAND_IN, Level, describe_unsupported, family_of, sampled_class
 from ..hooks.host import arg, show_text, with_arg
 from ..hooks.sites import Batch, RunHooks
 from ..hooks.wrappers import MAGCACHE_KEY, apply_model_wrapper, run_scope
 from ..hooks.wrappers import attach as attach_wrappers
-from . import estimators, reuse
+from . import estimators, reuse, variants
 from .adaptive import AdaptiveSchedule
 from .branches import CfgCache
 from .config import MagCacheConfig, When
@@ -59,9 +62,6 @@ _RUN_BREAKERS = {
     # Causal Wan's autoregressive sampler calls the blocks directly, past every patch
     "ar_state": "the autoregressive sampler bypasses the block patches",
 }
-#: ``transformer_options`` entries that legitimately differ between the
-#: evaluations of one run, and so do not make an evaluation a variant.
-_PER_CALL_OPTIONS = frozenset({"sample_sigmas", KEY})
 
 
 @dataclass
@@ -73,7 +73,8 @@ class _Evaluation:
     sigma: float = 0.0
     progress: float = 0.0  # 0..1 through the run's schedule
     roles: tuple[int, ...] = ()
-    computed: bool = False
+    computed: bool = False  # a batch ran the stack (or the model)
+    replaced: bool = False  # a batch's stack (or model) was really replaced by the cache
     cond_only: bool = False  # CFG-Cache ran only the conditional branch
     change: torch.Tensor | None = None  # the residual's relative change, for an adaptive schedule
 
@@ -105,20 +106,6 @@ def make_schedule(config: MagCacheConfig, settings: SkipSettings, sigmas: list[f
     return partial(PlannedSchedule, calls, skips)
 
 
-def _signature(options: Any, path: tuple[Any, ...] = ()) -> frozenset[tuple[Any, ...]]:
-    """The leaves of a nested options dict, by identity: cheap, and blind to the copies ComfyUI makes."""
-    if isinstance(options, dict):
-        items: set[tuple[Any, ...]] = set()
-        for k, v in options.items():
-            if not path and k in _PER_CALL_OPTIONS:
-                continue
-            items |= _signature(v, (*path, k))
-        return frozenset(items)
-    if isinstance(options, (list, tuple)):
-        return frozenset((*path, i, id(v)) for i, v in enumerate(options))
-    return frozenset({(*path, id(options))})
-
-
 @dataclass
 class RunState:
     """Everything one sampling run knows; created at its start, dropped at its end."""
@@ -138,7 +125,10 @@ class RunState:
     plan: Plan | None = None  # None after the start too when the schedule is few-step
     disabled: str | None = None  # why skipping is off for this run, if it is
     evaluation: _Evaluation | None = None
-    reference: frozenset[tuple[Any, ...]] | None = None  # the run's own options, seen at its first evaluation
+    reference: frozenset[variants.Leaf] | None = None  # what the run's own evaluations compute (variants.signature)
+    #: The run's guider: its named conds tell each cond's role (variants.named_roles), read per evaluation.
+    guider: Any = None
+    changed: list[str] = field(default_factory=list)  # option names that made the first variant one
     #: Cached residual per conditioning uuid, and per whole batch (by its uuids) for the one-add path.
     residuals: dict[Any, reuse.Entry] = field(default_factory=dict)
     by_batch: dict[tuple[Any, ...], reuse.Entry] = field(default_factory=dict)
@@ -149,11 +139,13 @@ class RunState:
     variants: int = 0
     forced: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    model_sampling: Any = None  # the schedule the run was planned on
 
     # -- per model evaluation (main thread) -------------------------------------
     def start(self, model_sampling: Any) -> None:
         """Plan the run on the schedule of the model as loaded for it; log the plan (or why nothing is skipped)."""
         self.started = True
+        self.model_sampling = model_sampling
         config = self.config
         steps = max(len(self.sigmas) - 1, 0)
         if steps and equivalent_steps(model_sampling, self.sigmas) < MIN_STEPS:
@@ -193,17 +185,21 @@ class RunState:
         """Decide one model evaluation.
 
         An evaluation is a *variant*, computed in full and never sharing the
-        cache, when its options differ from the run's own: guidance that skips
-        layers or changes attention (SkipLayerGuidance replaces block patches,
-        LTX's STG and modality guidance set flags). A repeated sigma alone does
-        not make a variant: heun and dpm_2 call the model twice at one sigma.
+        cache, when it computes something else than the run's own: guidance
+        that skips layers or changes attention (SkipLayerGuidance replaces
+        block patches, LTX's STG and modality guidance set flags). Neither a
+        repeated sigma (heun and dpm_2 call the model twice at one sigma) nor
+        the bookkeeping a sampler writes into the options before each call
+        (RES4LYF's multi-stage samplers) makes a variant: see :mod:`.variants`.
         """
         self.end_evaluation()
-        signature = _signature(options)
+        signature = variants.signature(options, ignore=(KEY,))
         if self.reference is None:
             self.reference = signature
         if signature != self.reference:
             self.variants += 1
+            if not self.changed:
+                self.changed = variants.changed_keys(signature, self.reference)
             self.evaluation = _Evaluation(skip=False, variant=True)
             return
         self.evaluations += 1
@@ -220,10 +216,12 @@ class RunState:
         self.evaluation = None
         if ev is None or ev.variant:
             return
-        if not ev.computed:
+        # Counted as skipped only where the cache really replaced the stack: an evaluation whose
+        # batches never reached the hooks (a model that bypasses them) was computed by the model itself.
+        if ev.replaced and not ev.computed:
             self.skipped_evaluations += 1
             return
-        self.branch_runs += 1 if ev.cond_only else len(ev.roles)
+        self.branch_runs += len(ev.roles) - 1 if ev.cond_only else len(ev.roles)
         if self.schedule is not None and self.schedule.measures and ev.change is not None:
             m = motion if motion is not None else torch.zeros((), device=ev.change.device)
             # The one read from the device per computed evaluation (never per block).
@@ -238,6 +236,31 @@ class RunState:
         if self.evaluation is not None:
             self.evaluation.skip = False
 
+    def serve_output_level(self, reason: str) -> bool:
+        """Go on at the model's output, re-planned with the output-level stand-in curve (called under the
+        hooks' lock, once). The block curve is not used there: it describes another residual."""
+        from ..calibration import catalog
+
+        if self.model_sampling is None or self.disabled is not None:
+            return False
+        try:
+            curve = catalog.load_preset(OUTPUT_STAND_IN)
+        except Exception as exc:
+            log.warning("MagCache: the output-level curve could not be loaded (%s)", exc)
+            return False
+        log.info(
+            "MagCache: %s; curve '%s' (block stack) is not used at the model's output, the output-level "
+            "stand-in '%s' plans the rest of this run",
+            reason,
+            self.config.curve.name,
+            curve.name,
+        )
+        self.config = dataclasses.replace(self.config, curve=curve, level=Level.OUTPUT)
+        self.residuals.clear()
+        self.by_batch.clear()
+        self.start(self.model_sampling)
+        return True
+
     # -- the hooks' method (any thread) -------------------------------------------
     def begin_batch(self, batch: Batch) -> None:
         ev = self.evaluation
@@ -248,7 +271,11 @@ class RunState:
 
     def end_batch(self, batch: Batch) -> None:
         ev = self.evaluation
-        if ev is not None and not batch.skipping:
+        if ev is None:
+            return
+        if batch.skipping:
+            ev.replaced = True
+        else:
             ev.computed = True
 
     def cached(
@@ -329,6 +356,7 @@ class RunState:
         self.by_batch.clear()
         self.evaluation = None
         self.cfg = None
+        self.guider = None
 
 
     def summary(self) -> str:
@@ -336,7 +364,8 @@ class RunState:
         self.end_evaluation()
         computed = self.evaluations - self.skipped_evaluations
         speed = self.evaluations / computed if computed else 1.0
-        what = "block stack" if self.config.level is Level.BLOCK else "whole model"
+        level = self.hooks.level if getattr(self, "hooks", None) is not None else self.config.level
+        what = "block stack" if level is Level.BLOCK else "whole model"
         text = (
             f"MagCache: skipped the {what} on {self.skipped_evaluations} of {self.evaluations} model calls "
             f"(plan: {self.plan.total - self.plan.computed} of {self.plan.total}), ~{speed:.2f}x on the "
@@ -351,7 +380,12 @@ class RunState:
         if self.forced:
             text += f"; {self.forced} batch(es) computed off-plan for lack of a matching cached residual"
         if self.variants:
-            text += f"; {self.variants} extra evaluation(s) with changed options (guidance) computed in full"
+            text += (
+                f"; {self.variants} extra evaluation(s) with changed options (guidance: "
+                f"{', '.join(self.changed) or 'options'}) computed in full"
+            )
+        if self.disabled is not None:
+            text += f"; skipping was switched off ({self.disabled})"
         return text
 
 
@@ -402,9 +436,23 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
         return executor(*args, **kwargs)
     sigmas = [float(s) for s in arg("outer_sample", "sigmas", args, kwargs).detach().flatten().cpu().tolist()]
     patcher = guider.model_patcher
-    roles = (0, 1) if float(getattr(guider, "cfg", 1.0)) != 1.0 else (0,)
+    # The family of the model this run samples, resolved now: the node may have met the shared live model
+    # wearing a class another node swapped in (or this chain may swap it in after the node).
+    model_class = sampled_class(patcher)
+    family = family_of(patcher.model.diffusion_model, patcher.model.model_config, model_class)
+    if family is None or family.unsupported or family.key != config.family.key:
+        why = describe_unsupported(patcher, family, model_class) if family is None or family.unsupported else (
+            f"this run samples {family.name} ({model_class.__name__}), not the {config.family.name} the node "
+            "was set up for"
+        )
+        text = f"MagCache: {why}; this run computes every step (nothing is skipped)"
+        log.warning(text)
+        show_text(config.node_id, text)
+        return executor(*args, **kwargs)
     cache_device = torch.device(patcher.offload_device) if config.offload_cache else None
-    run = RunState(config=config, sigmas=sigmas, roles=roles, cache_device=cache_device)
+    run = RunState(config=config, sigmas=sigmas, roles=planned_roles(guider), cache_device=cache_device)
+    run.guider = guider
+    # The node's family (a curve was chosen for it); the run's was only checked to be of the same layout.
     run.hooks = RunHooks(run, config.family, config.level)
     try:
         with run_scope(guider, KEY, run.hooks, run):
@@ -415,6 +463,20 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
             log.info(summary)
             show_text(config.node_id, summary)
         run.free()
+
+
+def planned_roles(guider: Any) -> tuple[int, ...]:
+    """The conditioning roles the plan assumes: CFGGuider's cond (and uncond unless cfg is 1, where ComfyUI drops
+    it), or every cond a guider of its own names (DualCFGGuider, PerpNegGuider), by what it is."""
+    import comfy.samplers
+
+    standard = getattr(type(guider), "predict_noise", None) is comfy.samplers.CFGGuider.predict_noise
+    if standard or not hasattr(guider, "conds"):
+        cfg = float(getattr(guider, "cfg", 1.0))
+        return (variants.POSITIVE, variants.NEGATIVE) if cfg != 1.0 else (variants.POSITIVE,)
+    named = getattr(guider, "conds", None) or getattr(guider, "original_conds", None) or {}
+    roles = tuple(sorted(set(variants.named_roles(named).values())))
+    return roles or (variants.POSITIVE, variants.NEGATIVE)
 
 
 def calc_cond_batch_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
@@ -431,24 +493,29 @@ def calc_cond_batch_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     # itself reads its sigmas on the host at every step.
     sigma = float(arg("calc_cond_batch", "timestep", args, kwargs).reshape(-1)[0])
     conds = arg("calc_cond_batch", "conds", args, kwargs)
-    roles = tuple(i for i, c in enumerate(conds) if c is not None)
+    # By what each cond is (the guider's named conds), not by its place: DualCFGGuider passes the negative first.
+    roles = variants.roles_of(conds, variants.named_roles(getattr(run.guider, "conds", None)))
+    present = [i for i, c in enumerate(conds) if c is not None]
+    positive = present[roles.index(variants.POSITIVE)] if variants.POSITIVE in roles else None
+    negative = present[roles.index(variants.NEGATIVE)] if variants.NEGATIVE in roles else None
     if not run.started:
         run.start(arg("calc_cond_batch", "model", args, kwargs).model_sampling)
     run.begin_evaluation(sigma, roles, transformer_options)
     motion = None
     try:
         ev, cfg = run.evaluation, run.cfg
-        if cfg is None or ev is None or ev.variant or ev.skip or run.disabled is not None or roles[:2] != (0, 1):
+        if cfg is None or ev is None or ev.variant or ev.skip or run.disabled is not None or positive is None \
+                or negative is None:
             out = executor(*args, **kwargs)
         elif run.settings is not None and cfg.cond_only(run.settings.in_window(sigma)):
             ev.cond_only = True
-            only_cond = [conds[0], None, *conds[2:]]
+            only_cond = [None if i == negative else c for i, c in enumerate(conds)]
             out = executor(*with_arg("calc_cond_batch", "conds", only_cond, args, kwargs))
-            out[1] = cfg.rebuild(out[0], sigma)
+            out[negative] = cfg.rebuild(out[positive], sigma)
         else:
             out = executor(*args, **kwargs)
             if ev.computed:
-                cfg.store(out[0], out[1], sigma)
+                cfg.store(out[positive], out[negative], sigma)
         if run.evaluation is not None and run.evaluation.computed and run.schedule is not None \
                 and run.schedule.measures:
             motion = latent_motion(arg("calc_cond_batch", "x_in", args, kwargs))

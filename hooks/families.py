@@ -129,6 +129,8 @@ def _flux_like(name: str, classes: tuple[str, ...], layout: str, curve: str, **k
 _VIDEO = "wan2.1_t2v_1.3B"
 _IMAGE = "flux"
 _OUTPUT = "tiny_wan_output"
+#: The curve a block-level run uses when it moves to the output level (its block curve does not fit there).
+OUTPUT_STAND_IN = _OUTPUT
 #: Wan inputs that ComfyUI applies between blocks: VACE hints, S2V / WanDancer
 #: audio, Animate face features.
 _WAN_BETWEEN = ("vace_context", "audio_embed", "face_pixel_values")
@@ -244,21 +246,45 @@ def blocks_of(diffusion_model: Any, attr: str) -> Any:
     return obj
 
 
-def _names(obj: Any) -> list[str]:
-    """Class names of ``obj``'s type and bases, plain and module-qualified (two ComfyUI classes share "MMDiT")."""
-    mro = type(obj).__mro__
+def _names(obj: Any, cls: type | None = None) -> list[str]:
+    """Class names of ``cls`` (default ``obj``'s type) and its bases, plain and module-qualified (two ComfyUI
+    classes share "MMDiT")."""
+    mro = (cls if cls is not None else type(obj)).__mro__
     return [c.__name__ for c in mro] + [f"{c.__module__}.{c.__name__}" for c in mro]
 
 
-def family_of(diffusion_model: Any, model_config: Any = None) -> Family | None:
+def sampled_class(patcher: Any) -> type:
+    """The class of the diffusion model as ``patcher`` will run it.
+
+    ComfyUI leaves the object patches of the last model it loaded on the
+    shared live model until it loads another clone; a node that swapped the
+    class (RES4LYF's ReWanPatcher) leaves that class on the live object. The
+    patcher knows what its own run gets: its own object patch of the class if
+    it has one, else the original kept while another clone's patch is applied
+    (``ModelPatcher.get_model_object``, the API the model's nodes use).
+    """
+    get = getattr(patcher, "get_model_object", None)
+    if get is not None:
+        try:
+            cls = get("diffusion_model.__class__")
+        except AttributeError:
+            cls = None
+        if isinstance(cls, type):
+            return cls
+    return type(patcher.model.diffusion_model)
+
+
+def family_of(diffusion_model: Any, model_config: Any = None, model_class: type | None = None) -> Family | None:
     """The table entry for a loaded model, or None when it has none.
 
-    Matched on the diffusion model's class and its base classes, then on the
-    model config's. A block-level entry is returned only when its block lists
-    exist on the instance, so a renamed attribute in a future ComfyUI leaves
-    the model alone instead of patching the wrong blocks.
+    Matched on the diffusion model's class (``model_class`` where the live
+    object's is not the one the run samples, see :func:`sampled_class`) and
+    its base classes, then on the model config's. A block-level entry is
+    returned only when its block lists exist on the instance, so a renamed
+    attribute in a future ComfyUI leaves the model alone instead of patching
+    the wrong blocks.
     """
-    classes = _names(diffusion_model)
+    classes = _names(diffusion_model, model_class)
     configs = _names(model_config) if model_config is not None else []
     for family in FAMILIES:
         if not any(c in classes for c in family.classes):
@@ -278,12 +304,13 @@ def family_by_key(key: str) -> Family | None:
     return next((f for f in FAMILIES if f.key == key), None)
 
 
-def describe_unsupported(model: Any, family: Family | None) -> str:
+def describe_unsupported(model: Any, family: Family | None, model_class: type | None = None) -> str:
     """Why the pack leaves a loaded model alone, for the log line."""
     if family is not None and family.unsupported:
         return f"{family.name} is not supported: {family.unsupported}"
+    cls = model_class if model_class is not None else type(model.model.diffusion_model)
     return (
-        f"{type(model.model.diffusion_model).__name__} (model config {type(model.model.model_config).__name__}) "
+        f"{cls.__name__} (model config {type(model.model.model_config).__name__}) "
         "is a model this version of the pack does not know"
     )
 

@@ -15,6 +15,14 @@ those calls in the right place for the model's :class:`~.families.Family`:
 * output level: a ``WrappersMP.DIFFUSION_MODEL`` wrapper in the same copy; a
   skipped call returns a copy of the cached output.
 
+A block-level run installs the output wrapper too, as a witness: when the
+model is reached through it but the block patches are not (a patcher that
+calls its blocks directly, a forward that drops ``patches_replace``), the run
+moves to the output level if its method can (:meth:`Method.serve_output_level`:
+a block curve is not used there), and stands aside otherwise. A skip is only
+ever counted where the cache really replaced the stack or the model
+(``Batch.skipping``).
+
 What the family table assumes is checked against the tensors of the run's
 first computed call, and found from them where it can be (which end of a
 single-stream sequence holds the image tokens). A failed check switches
@@ -63,6 +71,7 @@ class Batch:
     skip: bool = False  # the method asks to replace the stack on this batch
     skipping: bool = False  # the stack is being replaced on this call
     entered: bool = False  # the stack (or the model, at output level) was reached
+    reached_model: bool = False  # the diffusion-model wrapper was reached (at either level)
     stored: bool = False  # a residual was handed to the method
     x_in: hidden.Hidden | None = None
     boundary: torch.Tensor | None = None  # image tokens leaving the stack before a joint one
@@ -89,6 +98,13 @@ class Method(Protocol):
     def disable(self, reason: str) -> None:
         """Skipping must stop for the rest of the run."""
 
+    def serve_output_level(self, reason: str) -> bool:
+        """The block patches are bypassed but the model's output is reached: go on at the output level?
+
+        True when the method now works at the output level (it re-plans with an
+        output-level curve); False to stand aside for the rest of the run.
+        """
+
 
 class RunHooks:
     """The hooks of one sampling run: installs them, keeps each thread's batch, runs the checks.
@@ -111,6 +127,8 @@ class RunHooks:
         self.out_channels: int | None = None
         #: Why a check failed, if one did: the run's measurements cannot be trusted.
         self.broken: str | None = None
+        #: Why a block-level run moved to the output level, if it did.
+        self.fell_back: str | None = None
         #: The family's stacks that hold blocks on this model, and the model's class and block counts,
         #: set when the hooks are installed.
         self.stacks: tuple[Stack, ...] = family.stacks
@@ -151,11 +169,32 @@ class RunHooks:
             self._local.batch = None
         self.method.end_batch(batch)
         if not batch.entered:
-            where = "block patches" if self.level is Level.BLOCK else "diffusion-model wrapper"
-            self.fail(f"ComfyUI did not call the {where} this family is known to have")
+            if self.level is Level.BLOCK and batch.reached_model and self.broken is None:
+                self.fall_back("the model was reached but its block patches were not (they are bypassed)")
+            else:
+                where = "block patches" if self.level is Level.BLOCK else "diffusion-model wrapper"
+                self.fail(f"ComfyUI did not call the {where} this family is known to have")
         elif not batch.skipping and not batch.stored and self.broken is None:
             self.fail("the stack's last block did not run (a block list of another length than the model runs)")
         return out
+
+    def fall_back(self, why: str) -> None:
+        """Block patches bypassed, model output reached: go on at the output level, or stand aside."""
+        with self._lock:
+            if self.level is Level.OUTPUT or self.broken is not None:
+                return
+            serve = getattr(self.method, "serve_output_level", None)
+            if serve is None or not serve(why):
+                self.fail(why)
+                return
+            self.level = Level.OUTPUT
+            self.fell_back = why
+        log.warning(
+            "MagCache: %s on ComfyUI %s: %s; this run goes on at the model's output (with an output-level curve)",
+            self.family.name,
+            host_version(),
+            why,
+        )
 
     def fail(self, assumption: str) -> None:
         """A check failed: skipping off for this run, one log line naming model, assumption and host."""
@@ -173,22 +212,28 @@ class RunHooks:
         self.method.disable(f"check failed: {assumption}")
 
     # -- installation -----------------------------------------------------------
-    def install(self, model_options: dict[str, Any], diffusion_model: Any) -> dict[str, Any]:
-        """Put this run's hooks in ``model_options`` (the run's own copy) and return it."""
+    def install(self, model_options: dict[str, Any], diffusion_model: Any, model_class: type | None = None
+                ) -> dict[str, Any]:
+        """Put this run's hooks in ``model_options`` (the run's own copy) and return it.
+
+        ``model_class``: the class the run will sample (``families.sampled_class``), where the live object
+        may still wear a class another patcher swapped in; the batches' model is checked against it.
+        """
         import comfy.patcher_extension
 
+        # At the output level it acts; at the block level it witnesses (see the module doc).
+        comfy.patcher_extension.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+            "magcache-run",
+            self._output_wrapper,
+            model_options,
+            is_model_options=True,
+        )
         if self.level is Level.OUTPUT:
-            comfy.patcher_extension.add_wrapper_with_key(
-                comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
-                "magcache-run",
-                self._output_wrapper,
-                model_options,
-                is_model_options=True,
-            )
             return model_options
         # Stacks this instance really runs (HunyuanVideo 1.5 has an empty single-stream list).
         self.stacks = tuple(st for st in self.family.stacks if len(blocks_of(diffusion_model, st.attr)) > 0)
-        self.layout = _layout(diffusion_model, self.family)
+        self.layout = _layout(diffusion_model, self.family, model_class)
         return install_block_patches(model_options, diffusion_model, self.stacks, self._make_patch)
 
     def _make_patch(self, stacks: tuple[Stack, ...], s: int, i: int, n: int, previous: Any) -> Any:
@@ -258,6 +303,9 @@ class RunHooks:
         batch = self.batch
         if batch is None:
             return executor(*args, **kwargs)
+        batch.reached_model = True
+        if self.level is not Level.OUTPUT:
+            return executor(*args, **kwargs)
         x = args[0]
         batch.entered = True
         if batch.skip and self.out_channels is not None:
@@ -317,7 +365,7 @@ class _BlockPatch:
     def __call__(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         hooks = self.hooks
         batch = hooks.batch
-        if batch is None:  # called outside a sampling run we prepared
+        if batch is None or hooks.level is Level.OUTPUT:  # outside a run we prepared, or the run moved to the output
             return self._compute(args, extra)
         key = self.stack.key
         if self.first:
@@ -371,9 +419,10 @@ def install_block_patches(
     return model_options
 
 
-def _layout(diffusion_model: Any, family: Family) -> tuple[Any, ...]:
+def _layout(diffusion_model: Any, family: Family, model_class: type | None = None) -> tuple[Any, ...]:
     """A model's class and block counts: what must match for a batch to use this run's cache."""
-    return (type(diffusion_model), *(len(blocks_of(diffusion_model, st.attr)) for st in family.stacks))
+    cls = model_class if model_class is not None else type(diffusion_model)
+    return (cls, *(len(blocks_of(diffusion_model, st.attr)) for st in family.stacks))
 
 
 def between_block_patches(transformer_options: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .families import Level
+from .families import Level, sampled_class
 from .host import arg
 from .sites import Batch, RunHooks, between_block_patches
 
@@ -47,7 +47,8 @@ def run_scope(guider: Any, key: str, hooks: RunHooks, state: Any) -> Iterator[di
 
     original = guider.model_options
     options = comfy.model_patcher.create_model_options_clone(original)
-    options = hooks.install(options, guider.model_patcher.model.diffusion_model)
+    patcher = guider.model_patcher
+    options = hooks.install(options, patcher.model.diffusion_model, sampled_class(patcher))
     options["transformer_options"][key] = state
     guider.model_options = options
     try:

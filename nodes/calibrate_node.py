@@ -23,7 +23,16 @@ from ..calibration import catalog, recorder
 from ..calibration.curve import CurveError, MagnitudeCurve
 from ..calibration.plot import render_curve
 from ..calibration.runs import SOURCE, runs_of, summary
-from ..hooks.families import Family, Level, blocks_of, describe_unsupported, family_by_key, family_of, model_width
+from ..hooks.families import (
+    Family,
+    Level,
+    blocks_of,
+    describe_unsupported,
+    family_by_key,
+    family_of,
+    model_width,
+    sampled_class,
+)
 from ..hooks.host import show_text
 from .magcache_node import short
 
@@ -120,11 +129,12 @@ class MagCacheCalibrate(io.ComfyNode):
         file_name = catalog.clean_curve_name(name)
         if file_name != name and file_name != f"{name}{catalog.SUFFIX}":
             log.info("MagCache Calibrate: curve name '%s' is saved as '%s'", short(name), short(file_name))
-        family = family_of(model.model.diffusion_model, model.model.model_config)
+        model_class = sampled_class(model)  # not a class another node's patch left on the live model
+        family = family_of(model.model.diffusion_model, model.model.model_config, model_class)
         if family is None or family.unsupported:
             raise ValueError(
-                f"MagCache Calibrate: {describe_unsupported(model, family)}, so MagCache can neither calibrate "
-                "nor speed it up"
+                f"MagCache Calibrate: {describe_unsupported(model, family, model_class)}, so MagCache can neither "
+                "calibrate nor speed it up"
             )
         chosen = family.level if level == LEVELS[0] else Level.OUTPUT
         node_id = getattr(cls.hidden, "unique_id", None) if cls.hidden is not None else None

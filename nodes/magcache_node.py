@@ -32,7 +32,7 @@ from ..cache.config import (
 from ..cache.magcache import attach
 from ..calibration import catalog
 from ..calibration.curve import CurveError, MagnitudeCurve
-from ..hooks.families import Family, Level, describe_unsupported, family_of, model_width
+from ..hooks.families import Family, Level, describe_unsupported, family_of, model_width, sampled_class
 from ..hooks.host import show_text
 
 log = logging.getLogger("comfyui-magcache")
@@ -258,9 +258,11 @@ class MagCacheApply(io.ComfyNode):
         if problem:
             raise ValueError(f"MagCache: {problem}")
         node_id = getattr(cls.hidden, "unique_id", None) if cls.hidden is not None else None
-        family = family_of(model.model.diffusion_model, model.model.model_config)
+        # The class this model's runs will sample, not what another node's patch left on the shared live model.
+        model_class = sampled_class(model)
+        family = family_of(model.model.diffusion_model, model.model.model_config, model_class)
         if family is None or family.unsupported:
-            message = f"{describe_unsupported(model, family)}; the model is left unchanged."
+            message = f"{describe_unsupported(model, family, model_class)}; the model is left unchanged."
             log.warning("MagCache: %s", message)
             show_text(node_id, message)
             return io.NodeOutput(model)

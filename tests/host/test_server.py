@@ -221,7 +221,7 @@ def test_tiny_workflow_runs_end_to_end_in_under_a_minute(
 @pytest.mark.parametrize(
     ("field", "value", "error"),
     [
-        ("speed", 5.0, "value_bigger_than_max"),
+        ("speed", 7.0, "value_bigger_than_max"),
         ("end", -2, "value_smaller_than_min"),
         ("threshold", 5.0, "custom_validation_failed"),
         ("max_consecutive_skips", -2, "custom_validation_failed"),
