@@ -24,6 +24,7 @@ import tiny_models
 import torch
 from conftest import BlockCounter
 
+from comfyui_magcache.cache import estimators
 from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.nodes.magcache_node import MagCacheApply
 
@@ -87,7 +88,8 @@ class Recorder:
         """How many of the recorded evaluations the run's plan skips (each matched to its step by sigma)."""
         config = patched.model_options["transformer_options"][engine.KEY]
         settings = config.settings_for(patched.model.model_sampling)
-        schedule = engine.make_schedule(config, settings, self.sigmas, (0, 1))()
+        estimator = estimators.make(config.reuse, config.curve, self.sigmas)
+        schedule = engine.make_schedule(config, settings, self.sigmas, (0, 1), estimator)()
         return sum(schedule.decide(s, (0, 1)) for s in self.calls)
 
 
