@@ -184,11 +184,13 @@ class RunHooks:
             if self.level is Level.OUTPUT or self.broken is not None:
                 return
             serve = getattr(self.method, "serve_output_level", None)
-            if serve is None or not serve(why):
-                self.fail(why)
-                return
-            self.level = Level.OUTPUT
-            self.fell_back = why
+            moved = serve is not None and serve(why)
+            if moved:
+                self.level = Level.OUTPUT
+                self.fell_back = why
+        if not moved:
+            self.fail(why)  # takes the lock itself
+            return
         log.warning(
             "MagCache: %s on ComfyUI %s: %s; this run goes on at the model's output (with an output-level curve)",
             self.family.name,

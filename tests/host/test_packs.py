@@ -1,13 +1,19 @@
 """MagCache with the third-party packs users combine it with, loaded from their own code (see ``packs.py``).
 
-RES4LYF (needs ComfyUI 0.8 or later): its multi-stage samplers write their
-per-stage state into ``transformer_options`` before every model call, and its
-ReWanPatcher swaps the Wan model's class (ComfyUI leaves the swap on the live
-model after the run). On the tiny Wan 2.1, each test shows: bit-identical to
-the plain run at speed 1; at 2x the block stack runs on exactly the calls the
-plan computes (every stage of a step takes that step's decision, matched by
-sigma); the picture as close to the plain run as MagCache alone is with
-euler; and a summary that counts what really happened.
+* RES4LYF (loads on ComfyUI 0.8 or later): its multi-stage samplers write
+  their per-stage state into ``transformer_options`` before every model call,
+  and its ReWanPatcher swaps the Wan model's class (ComfyUI leaves the swap on
+  the live model after the run);
+* ComfyUI-GGUF: the tiny Wan quantised (Q8_0, F16, Q4_0) with the ``gguf``
+  package and loaded by the pack's own loader, a LoRA before or after;
+* ComfyUI-KJNodes: its Wan attention patches and CFG-Zero*, before or after.
+
+On the tiny Wan 2.1, each test shows: bit-identical to the pack alone at
+speed 1; at 2x the block stack runs on exactly the calls the plan computes
+(every stage of a step takes that step's decision, matched by sigma); the
+picture as close to the plain run as MagCache alone is with euler; and a
+summary that counts what really happened. A pack that is absent or does not
+load skips its tests with one line saying so.
 """
 
 from __future__ import annotations
