@@ -10,7 +10,10 @@
   diffusion-model wrapper moves the run to the output level, and the summary
   counts exactly the calls whose model was replaced;
 * DualCFGGuider (negative first in its list): CFG-Cache leaves out the
-  negative, never the middle cond.
+  negative, never the middle cond; PerpNegGuider's three conds share one
+  decision per call;
+* ComfyUI's CFG-side guidance nodes (CFGZeroStar, CFGNorm, APG) before and
+  after MagCache: exact at speed 1, the stack on plan at 2x.
 """
 
 from __future__ import annotations
@@ -256,3 +259,72 @@ def test_dual_cfg_guider_cfg_cache_leaves_out_the_negative(wan, magcache_log) ->
     assert cond_only > 0
     assert sum(s == {"positive", "middle"} for s in seen) == cond_only
     assert all("positive" in s and "middle" in s for s in seen)
+
+
+# -- ComfyUI's own guidance nodes -------------------------------------------------------------------
+def _guidance_nodes() -> dict[str, Any]:
+    from comfy_extras.nodes_apg import APG
+    from comfy_extras.nodes_cfg import CFGNorm, CFGZeroStar
+
+    return {
+        "CFGZeroStar": lambda m: CFGZeroStar.execute(m),
+        "CFGNorm": lambda m: CFGNorm.execute(m, 1.0),
+        "APG": lambda m: APG.execute(m, 1.0, 5.0, 0.5),
+    }
+
+
+def _output(result: Any) -> Any:
+    return result.result[0] if hasattr(result, "result") else result[0]
+
+
+@pytest.mark.parametrize("node_name", ["CFGZeroStar", "CFGNorm", "APG"])
+def test_core_guidance_nodes_before_and_after(wan, node_name, magcache_log) -> None:
+    """CFG-side guidance (ComfyUI's NAGuidance is left out: its attention-output patch has no effect on Wan)."""
+    from test_packs import Recorder
+
+    guide = _guidance_nodes()[node_name]
+    plain = sample(wan, _output(guide(wan.patcher)))
+    assert not torch.equal(plain, sample(wan, wan.patcher)), f"{node_name} acts on the model"
+    for order in ("before", "after"):
+        def chain(speed: float, order: str = order) -> Any:
+            return magcache(_output(guide(wan.patcher)), speed) if order == "before" else _output(
+                guide(magcache(wan.patcher, speed)))
+
+        assert torch.equal(sample(wan, chain(1.0)), plain), order
+        patched = chain(2.0)
+        recorder = Recorder(patched)
+        counter = first_block(wan)
+        out = sample(wan, patched)
+        counter.close()
+        skipped, total = summaries(magcache_log.text)[-1]
+        assert "extra evaluation" not in magcache_log.text
+        assert total == STEPS and skipped == recorder.planned_skips(patched) > 0, order
+        assert counter.calls == total - skipped, order
+        assert torch.isfinite(out).all()
+
+
+def test_perp_neg_guider_three_conds(wan, magcache_log) -> None:
+    """PerpNegGuider runs positive, negative and an empty prompt: three roles, one decision per call."""
+    from comfy_extras.nodes_perpneg import PerpNegGuider
+
+    text, extra = wan.positive[0]
+    empty = [[text * 0.0, dict(extra)]]
+
+    def run(patcher: Any) -> torch.Tensor:
+        guider = _output(PerpNegGuider.execute(patcher, wan.positive, [[text * -0.5, dict(extra)]], empty, 4.0, 1.0))
+        latent = comfy.sample.fix_empty_latent_channels(patcher, wan.latent)
+        sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "simple", STEPS)
+        return guider.sample(comfy.sample.prepare_noise(latent, 0), latent, comfy.samplers.sampler_object("euler"),
+                             sigmas, seed=0, disable_pbar=True)
+
+    counter = first_block(wan)
+    plain = run(wan.patcher)
+    per_call, counter.calls = counter.calls // STEPS, 0
+    assert torch.equal(run(magcache(wan.patcher, 1.0)), plain)
+    counter.calls = 0
+    out = run(magcache(wan.patcher, 2.0))
+    counter.close()
+    skipped, total = summaries(magcache_log.text)[-1]
+    assert total == STEPS and skipped > 0 and "extra evaluation" not in magcache_log.text
+    assert counter.calls == per_call * (total - skipped)
+    assert torch.isfinite(out).all()
