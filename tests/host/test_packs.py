@@ -306,3 +306,32 @@ def test_kjnodes_wan_patches_before_and_after(kjnodes, wan, node_name, magcache_
         assert total == STEPS and skipped == recorder.planned_skips(patched) > 0, order
         assert counter.calls == total - skipped, order
         assert relative_error(out, plain) <= 1.5 * reference_error + 0.01, order
+
+
+def test_kjnodes_torch_compile_before_and_after(kjnodes, wan, magcache_log) -> None:
+    """TorchCompileModelAdvanced (inductor, blocks only) before and after MagCache: at speed 1 the output is the
+    compiled model's within rounding (dynamo recompiles the shared block forward per block and input layout and,
+    past its recompile limit, runs some calls eagerly, so not bit for bit); at 2x the plan's calls are skipped
+    and the picture stays as close as MagCache's alone. The compiled blocks are swapped in per call, so
+    MagCache's block patches still wrap them."""
+    node = kjnodes["TorchCompileModelAdvanced"]()
+
+    def compiled(m: Any) -> Any:
+        return node.patch(m, "inductor", False, "default", "false", True, 64, False)[0]
+
+    def chain(order: str, speed: float) -> Any:
+        return magcache(compiled(wan.patcher), speed) if order == "before" else compiled(magcache(wan.patcher, speed))
+
+    reference = sample(wan, wan.patcher, "euler")
+    reference_error = relative_error(sample(wan, magcache(wan.patcher, 2.0), "euler"), reference)
+    plain = sample(wan, compiled(wan.patcher), "euler")
+    assert relative_error(plain, reference) < 1e-4  # inductor's kernels: the eager result within rounding
+    for order in ("before", "after"):
+        assert relative_error(sample(wan, chain(order, 1.0), "euler"), plain) < 1e-4, order
+        assert summaries(magcache_log.text)[-1] == (0, STEPS), order
+        patched = chain(order, 2.0)
+        recorder = Recorder(patched)
+        out = sample(wan, patched, "euler")
+        skipped, total = summaries(magcache_log.text)[-1]
+        assert total == STEPS and skipped == recorder.planned_skips(patched) > 0, order
+        assert relative_error(out, plain) <= 1.5 * reference_error + 0.01, order
