@@ -264,8 +264,11 @@ def _plan(
                     best[m + 1][state] = total + cost
                     back[m + 1][state] = (c, p)
     # The last computed call reuses for the rest of the run.
-    end_cost = {state: total + (segment(state[1], state[0], n) or inf)
-                for state, total in best[budget].items() if segment(state[1], state[0], n) is not None}
+    end_cost = {}
+    for state, total in best[budget].items():
+        tail = segment(state[1], state[0], n)
+        if tail is not None:  # an empty tail (the last call computed) costs 0.0, which is a cost
+            end_cost[state] = total + tail
     if not end_cost:  # K and the forced calls need more than the budget
         return None
     state = min(end_cost, key=lambda st: (end_cost[st], st))

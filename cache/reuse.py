@@ -5,7 +5,7 @@ terms; the hooks add them to the stack's input with one allocation
 (:func:`hooks.hidden.combine`). Coefficients are plain floats computed from the
 curve and the sigmas, so no estimator reads anything from the device.
 
-Here the two that keep one residual, and the dispatch:
+Here the two that keep one residual:
 
 * :class:`PlainReuse` (the paper): the last computed residual, as it is.
 * :class:`ScaledReuse`: the last residual times the magnitude ratio the curve

@@ -360,3 +360,15 @@ def test_cfg_cache_continues_low_and_high_frequencies_at_their_own_rates() -> No
     cfg.store(cond, 2 * low + 0.5 * high, 0.8)  # low doubled, high halved over one gap
     rebuilt = cfg.rebuild(cond, 0.7)  # one more gap of the same size
     assert torch.allclose(rebuilt, 4 * low + 0.25 * high, atol=1e-4)
+
+
+@pytest.mark.parametrize("model", list(ErrorModel))
+def test_planner_may_compute_the_last_call(model: ErrorModel) -> None:
+    """Where reusing at the last call costs most, the plan computes it (an empty tail costs 0, not infinity)."""
+    sig = (1.0, 0.7, 0.4, 0.1)
+    rc = RoleCurve(sig, (0.999, 0.998, 0.5), cosine_distance=(0.001, 0.001, 0.3))
+    curve = MagnitudeCurve(name="late drop", roles={"cond": rc})
+    sigmas = [1.0, 0.7, 0.4, 0.1, 0.0]
+    skips = plan_for_speed(curve, window(k=1), sigmas, (0,), budget=3, model=model,
+                           estimator=SigmaPolynomial(1) if model is ErrorModel.FORECAST else None)
+    assert sum(not x for x in skips) == 3 and not skips[-1]
