@@ -66,6 +66,7 @@ if __package__ in (None, ""):  # run as a script: find ComfyUI and register the 
 import itertools
 
 import lineplot
+import matrix
 
 from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.cache.config import MagCacheConfig, Reuse, When
@@ -157,6 +158,7 @@ class Timed:
     computed: int
     rows: int  # branch rows an uncached run computes
     computed_rows: int  # branch rows that ran the block stack
+    block_rows: int  # rows through every block
 
 
 #: Modes sections 1 and 2 can time (``--mode``): the MagCache node's inputs for each.
@@ -741,11 +743,40 @@ def report(command: str) -> None:
         for p in q["points"]:
             lines.append(f"| {p['method']} | {p['knob']:.4g} | {p['speedup']:.2f}x | {p['mean_psnr']:.2f} "
                          f"| {p['mean_ssim']:.4f} |")
+    mx = _read("matrix")
+    if mx:
+        minutes = mx.get("section_seconds", 0) / 60
+        lines += [*matrix.table(mx), "", f"Command: `{mx.get('command')}` ({minutes:.0f} minutes on this machine)."]
     fc = _read("forecasts")
     if fc:
         minutes = fc.get("section_seconds", 0) / 60
         lines += [*forecast_table(fc), "", f"Command: `{fc.get('command')}` ({minutes:.0f} minutes on this machine)."]
     (RESULTS / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
+#: Sections whose ``--append`` keeps an earlier run's points: what identifies a point (a later one replaces it).
+MERGED: dict[str, tuple[str, ...]] = {
+    "quality": ("method",),
+    "forecasts": ("protocol", "method", "speed_asked"),
+    "matrix": ("testbed", "protocol", "method", "speed_asked"),
+}
+
+
+def merge(earlier: dict[str, Any], now: dict[str, Any], key: tuple[str, ...]) -> dict[str, Any]:
+    """``now``'s points over ``earlier``'s (same key: ``now`` wins); lists and tables joined; times added."""
+    def ident(p: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(p[k] for k in key)
+
+    fresh = {ident(p) for p in now["points"]}
+    out = {**earlier, **now, "points": [p for p in earlier["points"] if ident(p) not in fresh] + now["points"]}
+    for field in ("protocols", "speeds"):
+        if field in earlier and field in now:
+            out[field] = sorted(set(earlier[field]) | set(now[field]), key=str)
+    if "testbeds" in earlier:
+        out["testbeds"] = {**earlier["testbeds"], **now["testbeds"]}
+    out["section_seconds"] = earlier.get("section_seconds", 0.0) + now.get("section_seconds", 0.0)
+    out["command"] = f"{earlier.get('command')}; then {now['command']}"
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -762,6 +793,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--forecast-pairs", type=int, default=8, help="forecasts: prompt/seed pairs per cell")
     p.add_argument("--protocols", default=",".join(PROTOCOLS),
                    help="forecasts: sampler:steps:scheduler, comma-separated")
+    p.add_argument("--testbeds", default="digits,layout", help="matrix: the testbeds (embedded/testbeds.py)")
+    p.add_argument("--matrix-pairs", type=int, default=16, help="matrix: prompt/seed pairs per cell")
+    p.add_argument("--matrix-protocols", default="",
+                   help="matrix: 'testbed=sampler:steps:scheduler:cfg[:split],...;testbed=...' (default: matrix.py's)")
     p.add_argument("--mode", default="rule", choices=sorted(SPEED_MODES), help="sections 1-2: the mode timed")
     p.add_argument("--lines", default="", help="quality, forecasts: only these lines, separated by '|' (default: all)")
     p.add_argument("--append", action="store_true", help="quality: keep the other lines of quality.json")
@@ -771,6 +806,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--codec", default=str(demo.CODEC_FILE))
     p.add_argument("--results", default=str(RESULTS), help="where to write the results")
     args = p.parse_args(argv)
+    args.protocols_of = {k: tuple(v.split(",")) for k, v in
+                         (part.split("=", 1) for part in args.matrix_protocols.split(";") if part)}
     RESULTS = Path(args.results)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -780,31 +817,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"== section {name}", flush=True)
         start = time.time()
         result = {"overhead": section_overhead, "speedup": section_speedup, "quality": section_quality,
-                  "forecasts": section_forecasts, "gpu": section_gpu}[name](args)
+                  "forecasts": section_forecasts, "gpu": section_gpu,
+                  "matrix": lambda a: matrix.section_matrix(a, _write)}[name](args)
         result["section_seconds"] = time.time() - start
         result["command"] = command
-        if name == "quality" and args.append and _read("quality"):
-            # Lines measured in an earlier run stay; lines measured now replace theirs.
-            earlier = _read("quality") or {}
-            now = {p["method"] for p in result["points"]}
-            result["points"] = [p for p in earlier["points"] if p["method"] not in now] + result["points"]
-            result["command"] = f"{earlier.get('command')}; then {command}"
+        earlier = _read(name) if args.append and name in MERGED else None
+        if earlier:
+            result = merge(earlier, result, MERGED[name])
         _write(mode_file(name, args.mode) if name in ("overhead", "speedup") else name, result)
-        if name == "forecasts":
-            earlier = _read("forecasts") if args.append else None
-            if earlier:
-                def key(p: dict[str, Any]) -> tuple[Any, ...]:
-                    return p["protocol"], p["method"], p["speed_asked"]
-                now = {key(p) for p in result["points"]}
-                result["points"] = [p for p in earlier["points"] if key(p) not in now] + result["points"]
-                result["protocols"] = list(dict.fromkeys(earlier["protocols"] + result["protocols"]))
-                result["speeds"] = sorted(set(earlier["speeds"]) | set(result["speeds"]))
-                result["section_seconds"] += earlier.get("section_seconds", 0.0)
-                result["command"] = f"{earlier.get('command')}; then {command}"
-            (RESULTS / "forecasts_partial.json").unlink(missing_ok=True)
+        (RESULTS / f"{name}_partial.json").unlink(missing_ok=True)  # the run finished: the whole is written
         if name == "quality":
             quality_plot(result)
-            (RESULTS / "quality_partial.json").unlink(missing_ok=True)  # the run finished: the whole is written
     report(command.strip())
     print(f"wrote {RESULTS / 'RESULTS.md'}")
 

@@ -27,7 +27,7 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,9 @@ class Settings:
     cfg: float = 5.0
     sampler: str = "uni_pc"
     scheduler: str = "simple"
+    #: Wan 2.2's split: the schedule run as two sampler runs (KSamplerAdvanced's start/end step), the second
+    #: starting at this step on the first's output without new noise; 0 runs it in one.
+    split: int = 0
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Generation:
     computed: int  # of those, the ones that ran the block stack
     branches: int = 0  # batch rows through the diffusion model (2 per call under CFG)
     computed_branches: int = 0  # of those, the rows that ran the block stack (CFG-Cache runs one row)
+    block_rows: int = 0  # rows through every block of the stack, summed over blocks
 
     @property
     def compute_speedup(self) -> float:
@@ -91,11 +95,31 @@ def load_codec(path: Path = CODEC_FILE) -> cdc.Codec:
     return cdc.Codec.load(path)
 
 
+def stack_blocks(patcher: Any) -> list[torch.nn.Module]:
+    """Every block of the family's stacks, in the order a computed call runs them."""
+    from comfyui_magcache.hooks.families import blocks_of, family_of
+
+    dm = patcher.model.diffusion_model
+    family = family_of(dm, patcher.model.model_config)
+    if family is None or not family.stacks:
+        raise RuntimeError(f"no block stack known for {type(dm).__name__}")
+    return [b for st in family.stacks for b in (blocks_of(dm, st.attr) or [])]
+
+
+def _rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Batch rows of a block call: its first tensor argument's first dimension (blocks take them either way)."""
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, torch.Tensor):
+            return v.shape[0]
+    return 0
+
+
 @contextmanager
 def count_stack_runs(patcher: Any) -> Iterator[list[int]]:
-    """Count model calls and block-stack runs while sampling: yields ``[calls, stack_runs, rows, stack_rows]``
-    (rows: batch rows an uncached run would compute, 2 per call when cond and uncond are batched;
-    stack_rows: the rows that ran the block stack, 1 on a call where CFG-Cache ran one branch).
+    """Count model calls and block runs while sampling: yields ``[calls, stack_runs, rows, stack_rows,
+    block_rows]`` (rows: batch rows an uncached run would compute, 2 per call when cond and uncond are batched;
+    stack_rows: the rows that ran the block stack, 1 on a call where CFG-Cache ran one branch; block_rows: rows
+    through every block, which counts a method that always runs some blocks, First Block Cache, fairly).
 
     A model call is a forward of the diffusion model (cond and uncond go
     through it as one batch here). The last transformer block runs exactly
@@ -103,18 +127,23 @@ def count_stack_runs(patcher: Any) -> Iterator[list[int]]:
     EasyCache/LazyCache skip the whole model. Forwards, not sampler steps:
     heun, dpm_2 and other samplers call the model more than once per step.
     """
-    counts = [0, 0, 0, 0]
+    counts = [0, 0, 0, 0, 0]
 
     def on_model(_: Any, args: tuple[Any, ...]) -> None:
         counts[0] += 1
         counts[2] = max(counts[2], args[0].shape[0])  # rows of a full call; times calls when done
 
-    def on_last(_: Any, args: tuple[Any, ...]) -> None:
+    def on_block(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        counts[4] += _rows(args, kwargs)
+
+    def on_last(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         counts[1] += 1
-        counts[3] += args[0].shape[0]
+        counts[3] += _rows(args, kwargs)
 
     dm = patcher.model.diffusion_model
-    handles = [dm.register_forward_pre_hook(on_model), dm.blocks[-1].register_forward_pre_hook(on_last)]
+    blocks = stack_blocks(patcher)
+    handles = [dm.register_forward_pre_hook(on_model), blocks[-1].register_forward_pre_hook(on_last, with_kwargs=True)]
+    handles += [b.register_forward_pre_hook(on_block, with_kwargs=True) for b in blocks]
     try:
         yield counts
     finally:
@@ -138,10 +167,22 @@ def timed_sample(
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
-        out = comfy.sample.sample(
-            patcher, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler, positive, negative,
-            latent, seed=seed, disable_pbar=True,
-        )
+        if settings.split:
+            first = comfy.sample.sample(
+                patcher, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler, positive,
+                negative, latent, start_step=0, last_step=settings.split, force_full_denoise=False, seed=seed,
+                disable_pbar=True,
+            )
+            out = comfy.sample.sample(
+                patcher, torch.zeros_like(noise), settings.steps, settings.cfg, settings.sampler, settings.scheduler,
+                positive, negative, first, disable_noise=True, start_step=settings.split, last_step=settings.steps,
+                force_full_denoise=True, seed=seed, disable_pbar=True,
+            )
+        else:
+            out = comfy.sample.sample(
+                patcher, noise, settings.steps, settings.cfg, settings.sampler, settings.scheduler, positive,
+                negative, latent, seed=seed, disable_pbar=True,
+            )
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -153,12 +194,12 @@ def generate(patcher: Any, codec: cdc.Codec, digit: int, seed: int, settings: Se
     latent = torch.zeros(1, cdc.CHANNELS, cdc.FRAMES, cdc.LATENT_SIDE, cdc.LATENT_SIDE)
     positive = [[codec.conditioning(digit), {}]]
     negative = [[codec.conditioning(cdc.EMPTY), {}]]
-    out, seconds, (calls, computed, rows, computed_rows) = timed_sample(
+    out, seconds, (calls, computed, rows, computed_rows, block_rows) = timed_sample(
         patcher, latent, positive, negative, settings, seed
     )
     # The sampler returns the stored latent format; the codec reads the model's own.
     frames = codec.decode(patcher.model.process_latent_in(out))[0]
-    return Generation(frames, seconds, calls, computed, rows, computed_rows)
+    return Generation(frames, seconds, calls, computed, rows, computed_rows, block_rows)
 
 
 @contextmanager
@@ -194,12 +235,19 @@ def calibrate(
 
     ``level`` is the node's input: "auto" (the block stack) or "output".
     """
+    runs = [lambda m, d=d, i=i: generate(m, codec, d, seed + i, settings) for i, d in enumerate(digits)]
+    return record_curve(patcher, runs, name, level)
+
+
+def record_curve(patcher: Any, runs: list[Callable[[Any], Any]], name: str, level: str = "auto") -> Any:
+    """Record a curve with the MagCache Calibrate node: each of ``runs`` samples the recording model once,
+    the later runs joining the first; return the curve as the catalog loads it."""
     from comfyui_magcache.calibration import catalog
     from comfyui_magcache.nodes.calibrate_node import MagCacheCalibrate
 
     recording, file_name = MagCacheCalibrate.execute(patcher, name, "replace", level).result
-    for i, digit in enumerate(digits):
-        generate(recording, codec, digit, seed + i, settings)
+    for i, run in enumerate(runs):
+        run(recording)
         if i == 0:  # later runs join the first one
             recording, _ = MagCacheCalibrate.execute(patcher, name, "combine", level).result
     return catalog.load_named_curve(file_name)

@@ -92,8 +92,12 @@ def build_model() -> torch.nn.Module:
     return model.float()
 
 
-def init_weights(model: torch.nn.Module, gen: torch.Generator) -> None:
-    """Fan-in scaled normal weights; every block's output projections start at zero.
+#: Wan's output projections (attention ``o``, the FFN's second layer, the head): zero at the start.
+WAN_OUTPUTS = ("self_attn.o.weight", "cross_attn.o.weight", "ffn.2.weight", "head.head.weight")
+
+
+def init_weights(model: torch.nn.Module, gen: torch.Generator, outputs: tuple[str, ...] = WAN_OUTPUTS) -> None:
+    """Fan-in scaled normal weights; every block's output projections (names ending in ``outputs``) start at zero.
 
     Zeroed output projections (attention ``o``, FFN's second layer, the head)
     make each block start as the identity, the usual way to keep a fresh
@@ -106,7 +110,7 @@ def init_weights(model: torch.nn.Module, gen: torch.Generator) -> None:
             if name.endswith("modulation"):
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(dim))
             elif p.ndim >= 2:
-                zero = name.endswith(("self_attn.o.weight", "cross_attn.o.weight", "ffn.2.weight", "head.head.weight"))
+                zero = name.endswith(outputs)
                 fan_in = math.prod(p.shape[1:])
                 p.copy_(torch.zeros(p.shape) if zero else torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
             elif "norm" in name and name.endswith("weight"):

@@ -73,6 +73,8 @@ class Batch:
     entered: bool = False  # the stack (or the model, at output level) was reached
     reached_model: bool = False  # the diffusion-model wrapper was reached (at either level)
     stored: bool = False  # a residual was handed to the method
+    #: The stack's input: a copy on a computed call, until its residual has been stored; the live input on a
+    #: skipped call, while the method is asked what to add (a forecast of the output itself subtracts it).
     x_in: hidden.Hidden | None = None
     boundary: torch.Tensor | None = None  # image tokens leaving the stack before a joint one
 
@@ -374,8 +376,9 @@ class _BlockPatch:
             batch.entered = True
             batch.skipping = False
             if batch.skip:
-                x = args[key]
+                x = batch.x_in = args[key]
                 terms = hooks.method.cached(batch, hidden.shape(x), hidden.device(x))
+                batch.x_in = None
                 if terms is not None:
                     batch.skipping = True
                     return {**args, key: hidden.combine(x, terms)}
@@ -391,10 +394,10 @@ class _BlockPatch:
             batch.boundary = out[key].clone()
         if self.last and batch.x_in is not None:
             r = hooks.residual(batch.x_in, out[key])
-            batch.x_in = None
             if r is not None:
                 hooks.method.store(batch, r)
                 batch.stored = True
+            batch.x_in = None
         return out
 
 
