@@ -809,6 +809,7 @@ def main(argv: list[str] | None = None) -> None:
     args.protocols_of = {k: tuple(v.split(",")) for k, v in
                          (part.split("=", 1) for part in args.matrix_protocols.split(";") if part)}
     RESULTS = Path(args.results)
+    args.results_dir = RESULTS
     torch.set_num_threads(args.threads)
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sections = ["gpu"] if args.gpu else [s.strip() for s in args.sections.split(",") if s.strip()]

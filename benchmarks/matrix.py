@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lineplot
 import torch
 
 from comfyui_magcache.benchmarks.peers import (
@@ -63,13 +64,22 @@ def parse(text: str) -> demo.Settings:
 
 def node_lines(curve_name: str) -> list[Line]:
     """The node's own modes, through the node, with the testbed's calibrated curve."""
+    from comfyui_magcache.calibration.catalog import AUTO
+    from comfyui_magcache.nodes.magcache_node import CUSTOM, RECOMMENDED
+
     defaults = demo.page_defaults()
 
-    def node(**inputs: Any) -> Callable[[Any, float], Any]:
-        return lambda p, speed: demo.with_magcache(p, curve_name, **{**defaults, **inputs, "speed": speed})
+    def node(curve: str = curve_name, **inputs: Any) -> Callable[[Any, float], Any]:
+        return lambda p, speed: demo.with_magcache(p, curve, **{**defaults, **inputs, "speed": speed})
 
+    first_fifth = {"settings": CUSTOM, "threshold": RECOMMENDED, "max_consecutive_skips": RECOMMENDED,
+                   "retention_ratio": 0.2}
     return [
         Line("node default (speed target, forecast: line)", node()),
+        # Early steps: the default computes them only where its plan says; these protect the first 20%.
+        Line("node default, first 20% computed", node(**first_fifth)),
+        # What a user who never calibrated gets: the family's published curve (and its 20% retention).
+        Line("node default, published curve of the family", node(AUTO)),
         Line("node: speed target, forecast: parabola", node(reuse=Reuse.QUADRATIC.value)),
         Line("node: speed target, plain reuse", node(reuse=Reuse.PLAIN.value)),
         Line("node: speed target + CFG-Cache", node(cfg_cache=True), needs_cfg=True),
@@ -99,10 +109,11 @@ def section_matrix(args: Any, write: Callable[[str, dict[str, Any]], None]) -> d
             name = CURVE_NAME.format(bed_name)
             curve = bed.calibrate(patcher, name)
             family = family_of(patcher.model.diffusion_model, patcher.model.model_config)
-            lines = [ln for ln in all_lines(Context(curve, family), f"{name}.safetensors")
-                     if chosen is None or ln.name in chosen]
+            every = all_lines(Context(curve, family), f"{name}.safetensors")
+            lines = [ln for ln in every if chosen is None or ln.name in chosen]
             protocols = args.protocols_of.get(bed_name) or PROTOCOLS[bed_name]
             info[bed_name] = {"protocols": list(protocols), "curve": _curve(curve)}
+            figure(bed, patcher, curve, every[0], parse(protocols[0]), args.results_dir / f"testbed_{bed_name}.png")
             for proto in protocols:
                 settings = parse(proto)
                 refs = [bed.generate(patcher, pr, sd, settings) for pr, sd in zip(prompts, seeds)]
@@ -135,6 +146,50 @@ def section_matrix(args: Any, write: Callable[[str, dict[str, Any]], None]) -> d
                               f"PSNR {point['mean_psnr']:.2f}, SSIM {point['mean_ssim']:.4f}{extra}", flush=True)
                         write("matrix_partial", {"points": points, "testbeds": info})
     return {"pairs": args.matrix_pairs, "speeds": speeds, "testbeds": info, "points": points}
+
+
+def figure(bed: Any, patcher: Any, curve: Any, line: Line, settings: demo.Settings, path: Path) -> None:
+    """What a testbed draws and what its calibration recorded: six prompts uncached, then ``line`` at 2x, 3x and
+    4x, above the curve MagCache Calibrate recorded (magnitude ratio and direction)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from comfyui_magcache.calibration.plot import render_curve
+
+    prompts = bed.prompts(6)
+    rows = [("uncached", patcher)] + [(f"{line.name} @ {s:g}x", line.make(patcher, s)) for s in (2.0, 3.0, 4.0)]
+    zoom, pad, label = 3, 8, 16
+    strips = []
+    for title, model in rows:
+        pics = [bed.generate(model, p, 100 + i, settings).pixels for i, p in enumerate(prompts)]
+        tiles = []
+        for px in pics:
+            img = px if px.shape[0] == 3 else px.reshape(-1, px.shape[-1])[None].expand(3, -1, -1)  # frames stacked
+            arr = (img.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+            tiles.append(np.kron(arr, np.ones((zoom, zoom, 1), dtype=np.uint8)))
+        strips.append((title, np.concatenate([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255)
+                                              for t in tiles], axis=1)))
+    magnitude = Image.fromarray((np.clip(render_curve(curve, subtitle=f"{bed.name} testbed"), 0, 1) * 255
+                                 ).astype(np.uint8))
+    direction = [lineplot.Series(role, list(enumerate(rc.cosine_distance)), lineplot.PALETTE[(0, 5)[i % 2]])
+                 for i, (role, rc) in enumerate(curve.roles.items()) if rc.cosine_distance]
+    plot = lineplot.side_by_side([magnitude, lineplot.chart(
+        direction, "direction: cosine distance between consecutive residuals", "call (sampling order)",
+        "1 - cos", size=(640, magnitude.height))])
+    width = max(max(s.shape[1] for _, s in strips), plot.width) + 2 * pad
+    height = pad + sum(label + s.shape[0] + 4 for _, s in strips) + plot.height + 2 * pad
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    for title, strip in strips:
+        draw.text((pad, y), f"{title} ({settings.sampler} {settings.steps} steps, cfg {settings.cfg:g})",
+                  fill=(30, 30, 30))
+        y += label
+        canvas.paste(Image.fromarray(strip), (pad, y))
+        y += strip.shape[0] + 4
+    canvas.paste(plot, (pad, y + pad))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
 
 
 def _tune(bed: Any, patcher: Any, line: Line, prompts: list[Any], seeds: list[int], settings: demo.Settings,

@@ -7,7 +7,7 @@ calls reuse the cached residual plainly. Here: the engine's planner with the
 error of plain reuse measured on the calibration sample's recorded trajectory
 (``ErrorModel.FORECAST``) and the objective that penalises the worst segment
 (``Objective.PEAK``, a sum of fifth powers: a smooth stand-in for the
-maximum).
+maximum). Segments of any length: no K.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from comfyui_magcache.benchmarks.peers.common import Context, Engine, Line
 from comfyui_magcache.cache.config import MagCacheConfig, Reuse, When
 from comfyui_magcache.cache.planner import ErrorModel, Objective
 
+#: No limit on skips in a row: LeMiCa's graph has an edge from every call to every later one.
+ANY_LENGTH = 1000
+
 
 def lines(context: Context) -> list[Line]:
-    config = MagCacheConfig(context.curve, context.family, 0.0, 3, 0.0, when=When.TARGET, reuse=Reuse.PLAIN,
+    config = MagCacheConfig(context.curve, context.family, 0.0, ANY_LENGTH, 0.0, when=When.TARGET, reuse=Reuse.PLAIN,
                             error_model=ErrorModel.FORECAST, objective=Objective.PEAK)
     return [Line("LeMiCa-style plan (worst measured segment, plain reuse)", Engine(config))]

@@ -1,0 +1,78 @@
+"""The layout testbed: the shipped tiny HunyuanVideo loads through ComfyUI's loader and places what it is told.
+
+The benchmark's second testbed stands on this file, so it is checked the way
+a user would meet it: ComfyUI's own diffusion-model loader must detect it as
+HunyuanVideo at the trained size, the codec must decode what it encodes, a
+generation must put the prompted objects in their quadrants, and MagCache must
+run on it at the block level.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_magcache.embedded import scenes as sc
+from comfyui_magcache.embedded import testbeds
+from comfyui_magcache.hooks.families import Level, family_of
+
+
+@pytest.fixture(scope="module")
+def bed() -> testbeds.Layout:
+    return testbeds.Layout()
+
+
+@pytest.fixture(scope="module")
+def patcher(bed: testbeds.Layout):
+    return bed.load()
+
+
+def test_shipped_files_are_small() -> None:
+    assert sc.MODEL_FILE.stat().st_size <= 25 * 1024 * 1024
+    assert sc.CODEC_FILE.stat().st_size <= 1024 * 1024
+
+
+def test_loader_detects_hunyuan_video_at_the_trained_size(patcher) -> None:
+    import comfy.supported_models
+
+    model = patcher.model
+    assert isinstance(model.model_config, comfy.supported_models.HunyuanVideo)
+    dm = model.diffusion_model
+    assert (dm.hidden_size, len(dm.double_blocks), len(dm.single_blocks), dm.num_heads) == (256, 2, 2, 2)
+    assert not dm.params.guidance_embed
+    assert model.model_sampling.shift == 7.0  # the flow shift the model was trained with
+    family = family_of(dm, model.model_config)
+    assert family is not None and family.level is Level.BLOCK
+
+
+def test_codec_round_trip(bed: testbeds.Layout) -> None:
+    gen = torch.Generator().manual_seed(3)
+    scenes = sc.random_scenes(6, gen)
+    images, _ = sc.render(scenes, gen)
+    latent = bed.codec.encode(images)
+    assert latent.shape == (6, sc.CHANNELS, 1, sc.LATENT_SIDE, sc.LATENT_SIDE)
+    assert torch.allclose(bed.codec.decode(latent), images, atol=1e-5)
+    assert float(sc.read_layout(images, scenes).score.min()) == 1.0  # the reader finds every drawn object
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_generation_puts_the_prompted_objects_in_their_quadrants(bed, patcher, cfg: float) -> None:
+    from comfyui_magcache.embedded import demo
+
+    prompts = bed.prompts(8)
+    settings = demo.Settings(steps=20, cfg=cfg, sampler="euler", scheduler="simple")
+    pixels = torch.stack([bed.generate(patcher, p, 7 + i, settings).pixels for i, p in enumerate(prompts)])
+    assert bed.read(pixels, prompts)["layout_score"] >= 0.75
+
+
+def test_magcache_skips_on_it_at_the_block_level(bed, patcher) -> None:
+    from comfyui_magcache.embedded import demo
+
+    model = demo.with_magcache(patcher, "hunyuan_video", **{**demo.page_defaults(), "speed": 2.0})
+    prompt = bed.prompts(1)[0]
+    settings = demo.Settings(steps=20, cfg=1.0, sampler="euler", scheduler="simple")
+    plain = bed.generate(patcher, prompt, 3, settings)
+    cached = bed.generate(model, prompt, 3, settings)
+    assert cached.generation.calls == plain.generation.calls == 20
+    assert cached.generation.computed == 10  # the published HunyuanVideo curve, at 2x
+    assert float((cached.pixels - plain.pixels).abs().mean()) < 0.1
