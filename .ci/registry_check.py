@@ -29,8 +29,9 @@ MUST_SHIP = ("__init__.py", "LICENSE", "pyproject.toml", "embedded/diffusion_mod
              "embedded/tiny_wan_digits_codec.safetensors")  # fmt: skip
 MUST_SHIP_GLOBS = ("calibration/presets/*.safetensors", "example_workflows/*.json", "example_workflows/*.jpg",
                    "nodes/web/docs/*.md", "nodes/web/docs/*/*.md", "locales/*/*.json")  # fmt: skip
-#: What users never need (.comfyignore leaves it out): a file under these folders, or any test module.
-MUST_NOT_SHIP_DIRS = ("tests/", "benchmarks/", ".ci/", ".github/")
+#: What users never need (.comfyignore leaves it out): a file under these folders (the benchmark's second testbed
+#: included), or any test module.
+MUST_NOT_SHIP_DIRS = ("tests/", "benchmarks/", ".ci/", ".github/", "embedded/testbeds/")
 
 
 def developer_files(names: set[str]) -> list[str]:

@@ -28,8 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual name)
 
-MODEL_FILE = Path(__file__).resolve().parent / "diffusion_models" / "tiny_hunyuan_layout.safetensors"
-CODEC_FILE = Path(__file__).resolve().parent / "tiny_hunyuan_layout_codec.safetensors"
+#: The testbed's files: a benchmark instrument, so kept out of ComfyUI's model lists (``diffusion_models/`` is
+#: registered with ComfyUI, this folder is not) and out of the registry archive (``.comfyignore``).
+MODEL_FILE = Path(__file__).resolve().parent / "testbeds" / "tiny_hunyuan_layout.safetensors"
+CODEC_FILE = Path(__file__).resolve().parent / "testbeds" / "tiny_hunyuan_layout_codec.safetensors"
 
 CANVAS = 32
 PATCH = 2

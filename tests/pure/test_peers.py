@@ -118,10 +118,10 @@ def _plan(line, sigmas: list[float], speed: float) -> tuple[bool, ...]:
 
 
 def _context():
+    from test_schedules import law
+
     from comfyui_magcache.benchmarks.peers.common import Context
     from comfyui_magcache.hooks.families import family_by_key
-
-    from test_schedules import law
 
     return Context(law(20, cosine=True), family_by_key("WanModel"))
 
