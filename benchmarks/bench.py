@@ -47,6 +47,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -289,6 +290,45 @@ def section_speedup(args: argparse.Namespace) -> dict[str, Any]:
     print(f"speedup: realized {result['median_realized']:.3f}x of ideal {ideal:.3f}x "
           f"({100 * result['fraction_of_ideal']:.1f}%)", flush=True)
     return result
+
+
+def section_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """What each reuse keeps: the most the cache held in a run, as the node's summary reports it.
+
+    The random-weight Wan of sections 1-2 at 2x on the preset (50 euler steps, cfg 5: the cond and uncond
+    residuals of each computed call), every reuse, CFG-Cache, and the offload path (``cache_device``
+    "offload": held on ComfyUI's offload device, the CPU here, so this machine cannot show the GPU's share
+    falling to zero; the summary names where the cache lives).
+    """
+    import logging
+
+    size, patcher, (latent, ctx, neg) = speed_setup(args)
+    found: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.extend(re.findall(r"the cache held up to ([0-9.]+ [KMG]iB)( on \S+)?", record.getMessage()))
+
+    log = logging.getLogger("comfyui-magcache")
+    handler, level = Grab(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    rows = []
+    try:
+        for reuse in Reuse:
+            for extra in ({}, {"cache_device": "offload"}, {"cfg_cache": True}):
+                found.clear()
+                model = preset_model(patcher, **{**demo.page_defaults(), "reuse": reuse.value, "speed": 2.0, **extra})
+                timed_run(model, latent, ctx, neg, SETTINGS)
+                held, where = found[-1] if found else ("?", "")
+                rows.append({"reuse": reuse.value, **extra, "held": held, "where": where.strip()})
+                print(f"  {reuse.value} {extra or ''}: {held}{where}", flush=True)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    residual = 2 * math.prod(SPEED_LATENT[2:]) // 4 * size["dim"] * 4  # cond + uncond, 256 tokens, float32
+    return {"model": size, "latent": SPEED_LATENT, "settings": vars(SETTINGS), "residual_bytes": residual,
+            "rows": rows}
 
 
 # --------------------------------------------------------------- section 3 --
@@ -743,6 +783,19 @@ def report(command: str) -> None:
         for p in q["points"]:
             lines.append(f"| {p['method']} | {p['knob']:.4g} | {p['speedup']:.2f}x | {p['mean_psnr']:.2f} "
                          f"| {p['mean_ssim']:.4f} |")
+    mem = _read("memory")
+    if mem:
+        lines += ["", "## What each reuse keeps (`--sections memory`)", "",
+                  f"The most the cache held in one run, from the node's summary: random-weight Wan 2.1 (dim "
+                  f"{mem['model']['dim']}), latent {tuple(mem['latent'])}, 50 euler steps, cfg 5, 2x; one cond+uncond "
+                  f"residual is {mem['residual_bytes'] / 2**10:.0f} KiB.", "",
+                  "| reuse | on the compute device | offload | with CFG-Cache |", "|---|---|---|---|"]
+        by: dict[str, dict[str, str]] = {}
+        for r in mem["rows"]:
+            kind = "offload" if r.get("cache_device") else "cfg" if r.get("cfg_cache") else "plain"
+            by.setdefault(r["reuse"], {})[kind] = f"{r['held']}{' ' + r['where'] if r['where'] else ''}"
+        for reuse, v in by.items():
+            lines.append(f"| {reuse} | {v.get('plain', '-')} | {v.get('offload', '-')} | {v.get('cfg', '-')} |")
     mx = _read("matrix")
     if mx:
         minutes = mx.get("section_seconds", 0) / 60
@@ -818,7 +871,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"== section {name}", flush=True)
         start = time.time()
         result = {"overhead": section_overhead, "speedup": section_speedup, "quality": section_quality,
-                  "forecasts": section_forecasts, "gpu": section_gpu,
+                  "forecasts": section_forecasts, "gpu": section_gpu, "memory": section_memory,
                   "matrix": lambda a: matrix.section_matrix(a, _write)}[name](args)
         result["section_seconds"] = time.time() - start
         result["command"] = command

@@ -132,6 +132,8 @@ class RunState:
     #: Cached residual per conditioning uuid, and per whole batch (by its uuids) for the one-add path.
     residuals: dict[Any, reuse.Entry] = field(default_factory=dict)
     by_batch: dict[tuple[Any, ...], reuse.Entry] = field(default_factory=dict)
+    #: The most the cache held at once in this run, in bytes (``held_bytes`` after each store).
+    peak_bytes: int = 0
     evaluations: int = 0
     skipped_evaluations: int = 0
     branch_runs: int = 0  # branches computed (a full call under CFG counts 2, a cond-only call 1)
@@ -345,11 +347,28 @@ class RunState:
             if pieces is not None:
                 for u, piece in zip(uuids, pieces):
                     self.residuals[u] = _entry(piece, sigma, self.residuals.get(u), keep)
+            self.peak_bytes = max(self.peak_bytes, self.held_bytes())
         if ev is not None and self.schedule is not None and self.schedule.measures and before is not None:
             new, old = hidden.primary(residual), hidden.primary(before.last)
             if new.shape == old.shape:
                 # Relative L1 change since the last computed call, left on the device until the evaluation ends.
                 ev.change = (new - old.to(new.device)).abs().mean() / old.abs().mean().clamp_min(1e-12)
+
+    def held_bytes(self) -> int:
+        """Bytes of the tensors the cache holds now, each storage counted once (a batch's pieces are views).
+
+        Reads sizes and addresses only, never values: no device synchronisation.
+        """
+        seen: dict[tuple[str, int], int] = {}
+        tensors = [t for e in (*self.residuals.values(), *self.by_batch.values()) for _, h in e.points
+                   for t in hidden.parts(h)]
+        if self.cfg is not None:
+            tensors += [d.value for d in (self.cfg.last, self.cfg.before) if d is not None]
+            tensors += [d.spectrum for d in (self.cfg.last, self.cfg.before) if d is not None]
+        for t in tensors:
+            storage = t.untyped_storage()
+            seen[(str(t.device), storage.data_ptr())] = storage.nbytes()
+        return sum(seen.values())
 
     def free(self) -> None:
         self.residuals.clear()
@@ -384,9 +403,19 @@ class RunState:
                 f"; {self.variants} extra evaluation(s) with changed options (guidance: "
                 f"{', '.join(self.changed) or 'options'}) computed in full"
             )
+        if self.peak_bytes:
+            where = f" on {self.cache_device}" if self.cache_device is not None else ""
+            text += f"; the cache held up to {_size(self.peak_bytes)}{where}"
         if self.disabled is not None:
             text += f"; skipping was switched off ({self.disabled})"
         return text
+
+
+def _size(n: int) -> str:
+    """A byte count as people read it: KiB below a MiB, then MiB, then GiB."""
+    if n < 2**20:
+        return f"{n / 2**10:.1f} KiB"
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
 def _entry(residual: hidden.Hidden, sigma: float, before: reuse.Entry | None, keep: int) -> reuse.Entry:

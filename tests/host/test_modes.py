@@ -128,6 +128,22 @@ def test_a_forecast_allocates_on_a_skipped_call_what_plain_reuse_does(tiny, base
     assert counts[1] == counts[0], counts
 
 
+def test_the_summary_says_what_the_cache_held_and_each_forecast_keeps_its_history(tiny, magcache_log) -> None:
+    """Plain reuse holds one residual per batch, the line two, the parabola three, the Chebyshev fit up to six
+    (the uniform 2x plan of 12 calls computes six): the held bytes the summary reports scale exactly so."""
+    held = {}
+    for reuse in (Reuse.PLAIN, Reuse.LINEAR, Reuse.QUADRATIC, Reuse.SPECTRAL):
+        magcache_log.clear()
+        sample(tiny, attach(tiny, When.UNIFORM, reuse, 2.0))
+        found = re.findall(r"the cache held up to ([0-9.]+) (KiB|MiB|GiB)", magcache_log.text)
+        assert found, magcache_log.text
+        number, unit = found[-1]
+        held[reuse] = float(number) * {"KiB": 1, "MiB": 2**10, "GiB": 2**20}[unit]
+    assert held[Reuse.PLAIN] > 0
+    for reuse, times in ((Reuse.LINEAR, 2), (Reuse.QUADRATIC, 3), (Reuse.SPECTRAL, 6)):
+        assert held[reuse] == pytest.approx(times * held[Reuse.PLAIN], rel=0.02), held
+
+
 def test_adaptive_runs_the_stack_as_often_as_its_summary_says(tiny, baseline, magcache_log) -> None:
     counter = BlockCounter(all_blocks(tiny))
     out, _ = sample(tiny, attach(tiny, When.ADAPTIVE, Reuse.PLAIN, 2.0))
