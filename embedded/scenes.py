@@ -1,13 +1,21 @@
-"""The layout testbed's world: coloured shapes placed where the prompt says, on a striped background.
+"""The layout testbed's world: coloured shapes that the prompt names and the noise places, on stripes.
 
-Why a second world: on the tiny Wan of moving digits every prompt puts one
-digit in the middle, so a wrong early sampling step costs almost nothing. On
-real image models the first steps set the layout. Here the prompt names up to
-two objects (shape, colour, quadrant of the canvas) and a background palette,
-while the noise decides everything the prompt leaves open: where inside its
-quadrant each object sits, and the stripes' angle and phase. An early step
-that goes wrong moves or loses objects; the benchmark reads that back with
-:func:`read_layout`.
+Why a second world: on the tiny Wan of moving digits a wrong early sampling
+step costs almost nothing. On real image models the first steps set the
+layout: where things go is decided early, by the noise, and a step that goes
+wrong there moves or loses them. Here the prompt names up to two objects
+(shape and colour) and a background palette; the noise decides everything
+else: which quadrant of the canvas each object lands in, where inside it,
+and the stripes' angle and phase. :func:`read_layout` finds each prompted
+object back by its colour, and the benchmark measures how far objects moved
+from the uncached picture.
+
+Why the noise and not the prompt places them: a first version put each
+object in a quadrant the prompt named; after 2500 of its training steps the
+model drew the right colours and shapes but had not learned to bind a word to
+a place (layout score 0.06, see ``train_layout.py``), which a model of this
+size does not learn in the two hours this testbed may take. Placement by the
+noise is also how real models behave for everything a prompt leaves open.
 
 Latents are a fixed linear map of the pixels, as for the digits (``codec.py``):
 each 2x2 RGB patch (12 values) becomes 12 of the 16 latent channels through a
@@ -61,18 +69,17 @@ BACKGROUNDS: dict[str, tuple[float, float]] = {"light": (0.55, 0.72), "dark": (0
 
 @dataclass(frozen=True)
 class Scene:
-    """What a prompt says: objects as ``(shape, colour, quadrant)`` indices and a background index.
+    """What a prompt says: objects as ``(shape, colour)`` indices, and a background index.
 
-    Colours and quadrants of the objects are distinct, so each prompted object
-    can be found by its colour alone.
+    The objects' colours are distinct, so each can be found by its colour alone.
     """
 
-    objects: tuple[tuple[int, int, int], ...]
+    objects: tuple[tuple[int, int], ...]
     background: int
 
     def text(self) -> str:
-        names = [f"a {COLOURS_NAMES[c]} {SHAPES[s]} {QUADRANTS[q]}" for s, c, q in self.objects]
-        return ", ".join(names) + f" on {tuple(BACKGROUNDS)[self.background]} stripes"
+        names = [f"a {COLOURS_NAMES[c]} {SHAPES[s]}" for s, c in self.objects]
+        return " and ".join(names) + f" on {tuple(BACKGROUNDS)[self.background]} stripes"
 
 
 COLOURS_NAMES = tuple(COLOURS)
@@ -87,14 +94,13 @@ def quadrant_centre(q: int) -> tuple[float, float]:
 
 
 def random_scenes(n: int, gen: torch.Generator) -> list[Scene]:
-    """``n`` prompts: one or two objects (even odds), distinct colours and quadrants."""
+    """``n`` prompts: one or two objects (even odds) of distinct colours."""
     out = []
     for _ in range(n):
         count = 1 + int(torch.randint(0, 2, (1,), generator=gen))
         colours = torch.randperm(len(COLOURS), generator=gen)[:count]
-        quads = torch.randperm(len(QUADRANTS), generator=gen)[:count]
         shapes = torch.randint(0, len(SHAPES), (count,), generator=gen)
-        objs = tuple((int(s), int(c), int(q)) for s, c, q in zip(shapes, colours, quads))
+        objs = tuple((int(s), int(c)) for s, c in zip(shapes, colours))
         out.append(Scene(objs, int(torch.randint(0, len(BACKGROUNDS), (1,), generator=gen))))
     return out
 
@@ -115,10 +121,9 @@ def _shape_mask(shape: int, yy: torch.Tensor, xx: torch.Tensor, cy: float, cx: f
 def render(scenes: list[Scene], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Pictures of ``scenes``: ``(images (n, 3, 32, 32) in 0..1, centres (n, 2, 2))``.
 
-    The noise-decided parts come from ``gen``: each object's offset from its
-    quadrant's centre (up to :data:`JITTER` px per axis) and the stripes'
-    angle and phase. ``centres`` holds each object's centre ``(y, x)`` (NaN
-    where a scene has one object).
+    The noise-decided parts come from ``gen``: a quadrant for each object (distinct, so objects never
+    overlap), its offset from the quadrant's centre (up to :data:`JITTER` px per axis), and the stripes'
+    angle and phase. ``centres`` holds each object's centre ``(y, x)`` (NaN where a scene has one object).
     """
     n = len(scenes)
     side = CANVAS * SUPER
@@ -129,12 +134,13 @@ def render(scenes: list[Scene], gen: torch.Generator) -> tuple[torch.Tensor, tor
     angle = torch.rand(n, generator=gen) * math.pi
     phase = torch.rand(n, generator=gen) * 2 * math.pi
     jitter = (torch.rand(n, 2, 2, generator=gen) * 2 - 1) * JITTER
+    quads = torch.stack([torch.randperm(len(QUADRANTS), generator=gen)[:2] for _ in range(n)]) if n else None
     for i, scene in enumerate(scenes):
         lo, hi = _BG[scene.background]
         wave = torch.sin(2 * math.pi * (xx * math.cos(angle[i]) + yy * math.sin(angle[i])) / STRIPE_PERIOD + phase[i])
         img = (lo + (hi - lo) * (0.5 + 0.5 * wave)).expand(3, side, side).clone()
-        for k, (s, c, q) in enumerate(scene.objects):
-            cy, cx = quadrant_centre(q)
+        for k, (s, c) in enumerate(scene.objects):
+            cy, cx = quadrant_centre(int(quads[i, k]))
             cy, cx = cy + float(jitter[i, k, 0]), cx + float(jitter[i, k, 1])
             centres[i, k] = torch.tensor((cy, cx))
             mask = _shape_mask(s, yy, xx, cy, cx)
@@ -163,10 +169,10 @@ class SceneCodec:
 
     ``basis`` (12, 12) holds the principal directions of 2x2 RGB patches as
     columns and ``scale`` (12) their spreads. The vocabulary is a fixed random
-    vector per shape, colour, quadrant and background, plus "no second
-    object" and the empty prompt: a prompt token is the normalised sum of its
-    words' vectors, so the model has to learn what each word means wherever
-    it appears.
+    vector per shape, colour and background, plus "no second object" and the
+    empty prompt: an object's token is the normalised sum of its two words'
+    vectors, so the model has to learn what each word means wherever it
+    appears.
     """
 
     patch_mean: torch.Tensor
@@ -202,9 +208,9 @@ class SceneCodec:
         """The pooled text vector HunyuanVideo adds to its modulation: zeros (this testbed has no CLIP)."""
         return torch.zeros(count, POOLED_DIM)
 
-    def _object(self, obj: tuple[int, int, int]) -> torch.Tensor:
-        s, c, q = obj
-        return (self.words["shape"][s] + self.words["colour"][c] + self.words["quadrant"][q]) / math.sqrt(3.0)
+    def _object(self, obj: tuple[int, int]) -> torch.Tensor:
+        s, c = obj
+        return (self.words["shape"][s] + self.words["colour"][c]) / math.sqrt(2.0)
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
         from safetensors.torch import save_file
@@ -246,8 +252,8 @@ def fit_codec(gen: torch.Generator, pictures: int = 1024) -> SceneCodec:
         return torch.randn((*shape, TEXT_DIM), generator=gen)
 
     words = {
-        "shape": draw(len(SHAPES)), "colour": draw(len(COLOURS)), "quadrant": draw(len(QUADRANTS)),
-        "background": draw(len(BACKGROUNDS)), "none": draw(), "empty": draw(),
+        "shape": draw(len(SHAPES)), "colour": draw(len(COLOURS)), "background": draw(len(BACKGROUNDS)),
+        "none": draw(), "empty": draw(),
     }
     return SceneCodec(mean.float(), eigvec.float(), scale.float(), words)
 
@@ -256,41 +262,41 @@ def fit_codec(gen: torch.Generator, pictures: int = 1024) -> SceneCodec:
 class LayoutReading:
     """What :func:`read_layout` found: per picture, and per prompted object (NaN where absent)."""
 
-    found: torch.Tensor  # (n, 2) bool: the object's colour covers enough of its prompted quadrant
-    centre: torch.Tensor  # (n, 2, 2) centre (y, x) of the object's colour inside its quadrant
-    score: torch.Tensor  # (n,) fraction of the prompted objects found where the prompt put them
+    found: torch.Tensor  # (n, 2) bool: the object's colour forms one object of about its drawn size
+    centre: torch.Tensor  # (n, 2, 2) centre (y, x) of the object's colour
+    score: torch.Tensor  # (n,) fraction of the prompted objects found
 
 
-#: A pixel belongs to a colour when it is this close to it (RGB distance), and an object counts as
-#: found when at least this share of its drawn area shows in its quadrant, and most of the colour's
-#: pixels on the canvas lie there.
+#: A pixel belongs to a colour when it is this close to it (RGB distance). An object counts as found
+#: when its colour covers at least this share of the smallest shape's area, and this share of the colour's
+#: pixels lie within WINDOW px of their centre (one object, not colour scattered over the canvas).
 COLOUR_TOLERANCE = 0.3
 FOUND_AREA = 0.5
-FOUND_SHARE = 0.6
+FOUND_SHARE = 0.8
+WINDOW = 2 * RADIUS
 
 
 def read_layout(images: torch.Tensor, scenes: list[Scene]) -> LayoutReading:
-    """Find each prompted object by its colour: is it in its quadrant, and where exactly."""
+    """Find each prompted object by its colour: is it there as one object, and where is its centre."""
     n = images.shape[0]
     dist = (images.float().unsqueeze(1) - _COLOUR_RGB.view(1, -1, 3, 1, 1)).norm(dim=2)  # (n, colours, H, W)
     masks = (dist < COLOUR_TOLERANCE).float()
-    half = CANVAS // 2
     coords = torch.arange(CANVAS, dtype=torch.float32) + 0.5
     min_area = FOUND_AREA * math.pi * RADIUS * RADIUS * 0.75  # the triangle is the smallest shape
     found = torch.zeros(n, 2, dtype=torch.bool)
     centre = torch.full((n, 2, 2), float("nan"))
     score = torch.zeros(n)
     for i, scene in enumerate(scenes):
-        for k, (_, c, q) in enumerate(scene.objects):
+        for k, (_, c) in enumerate(scene.objects):
             m = masks[i, c]
-            y0, x0 = (q // 2) * half, (q % 2) * half
-            inside = m[y0 : y0 + half, x0 : x0 + half]
-            area, total = float(inside.sum()), float(m.sum())
-            if area > 0:
-                cy = float((inside.sum(1) * coords[y0 : y0 + half]).sum()) / area
-                cx = float((inside.sum(0) * coords[x0 : x0 + half]).sum()) / area
-                centre[i, k] = torch.tensor((cy, cx))
-            found[i, k] = area >= min_area and area >= FOUND_SHARE * total
+            area = float(m.sum())
+            if area == 0:
+                continue
+            cy = float((m.sum(1) * coords).sum()) / area
+            cx = float((m.sum(0) * coords).sum()) / area
+            centre[i, k] = torch.tensor((cy, cx))
+            near = (coords.view(-1, 1) - cy).abs().le(WINDOW) & (coords.view(1, -1) - cx).abs().le(WINDOW)
+            found[i, k] = area >= min_area and float((m * near).sum()) >= FOUND_SHARE * area
         score[i] = found[i, : len(scene.objects)].float().mean()
     return LayoutReading(found=found, centre=centre, score=score)
 
@@ -298,11 +304,10 @@ def read_layout(images: torch.Tensor, scenes: list[Scene]) -> LayoutReading:
 def displacement(a: LayoutReading, b: LayoutReading) -> torch.Tensor:
     """Mean distance in pixels between the objects' centres in two readings of the same prompts.
 
-    An object found in ``a`` but missing from its quadrant in ``b`` counts as
-    half the canvas away (it was lost), so the number says how far the layout
-    moved, in pixels.
+    An object found in ``a`` but not in ``b`` counts as half the canvas away
+    (it was lost), so the number says how far the layout moved, in pixels.
     """
     d = (a.centre - b.centre).norm(dim=-1)  # (n, 2)
     lost = a.found & ~b.found
-    d = torch.where(lost, torch.full_like(d, CANVAS / 2), d)
+    d = torch.where(lost | d.isnan(), torch.full_like(d, CANVAS / 2), d)
     return d[a.found].mean() if bool(a.found.any()) else torch.tensor(float("nan"))

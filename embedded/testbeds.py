@@ -1,9 +1,9 @@
 """The two trained testbeds behind one interface, for the benchmark and the host tests.
 
 * ``digits``: the tiny Wan 2.1 of moving digits (``train.py``, ``codec.py``), cfg 5.
-* ``layout``: the tiny HunyuanVideo image model of placed shapes (``train_layout.py``,
-  ``scenes.py``), used at cfg 1 (the conditional model alone, as a guidance-distilled model
-  is run) and at cfg 4.
+* ``layout``: the tiny HunyuanVideo image model of coloured shapes that the prompt names and
+  the noise places (``train_layout.py``, ``scenes.py``), used at cfg 1 (the conditional model
+  alone, as a guidance-distilled model is run) and at cfg 4.
 
 Why one interface: every protocol of the benchmark's matrix runs the same way on
 both (load through ComfyUI's loader, sample with ComfyUI's sampler, decode, compare),
@@ -111,7 +111,7 @@ class Digits(Testbed):
 
 
 class Layout(Testbed):
-    """The tiny HunyuanVideo of placed shapes: a prompt is a scene; cfg 1 and cfg 4 (empty prompt as negative)."""
+    """The tiny HunyuanVideo of shapes: a prompt is a scene; cfg 1 and cfg 4 (empty prompt as negative)."""
 
     name = "layout"
     # Calibrated under CFG, so the curve has both branches; a cfg-1 run uses the conditional one.

@@ -3,8 +3,8 @@
 Why: the first embedded model (``train.py``, moving digits) cannot show what a
 skipped early step costs on a real image model, where the first steps set the
 layout. This one is trained on ``scenes.py``'s pictures: the prompt names up
-to two objects and the quadrant each goes in, the noise picks the exact spot
-and the background's stripes, so a wrong early step moves or loses objects.
+to two objects (shape and colour) and the background, the noise picks where
+each object goes and the stripes, so a wrong early step moves or loses objects.
 
 Why HunyuanVideo: it is the Flux-style family (double-stream blocks, then
 single-stream blocks) whose size ComfyUI's loader reads from the weights on
@@ -159,7 +159,7 @@ def train(args: argparse.Namespace) -> None:
             "shift": SHIFT, "p_empty": P_EMPTY, "train_seconds": round(elapsed), "threads": args.threads,
             "torch": torch.__version__, "final_loss": history[-1][1] if history else None,
             "data": {"canvas": sc.CANVAS, "patch": sc.PATCH, "shapes": sc.SHAPES, "colours": list(sc.COLOURS),
-                     "quadrants": sc.QUADRANTS, "radius": sc.RADIUS, "jitter": sc.JITTER},
+                     "radius": sc.RADIUS, "jitter": sc.JITTER, "placed_by": "noise"},
         }
 
     codec.save(args.codec_out, {"seed": args.seed})
@@ -204,13 +204,13 @@ def train(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=7000)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--resume", action="store_true")

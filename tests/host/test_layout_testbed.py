@@ -1,10 +1,10 @@
-"""The layout testbed: the shipped tiny HunyuanVideo loads through ComfyUI's loader and places what it is told.
+"""The layout testbed: the shipped tiny HunyuanVideo loads through ComfyUI's loader and draws what it is told.
 
 The benchmark's second testbed stands on this file, so it is checked the way
 a user would meet it: ComfyUI's own diffusion-model loader must detect it as
 HunyuanVideo at the trained size, the codec must decode what it encodes, a
-generation must put the prompted objects in their quadrants, and MagCache must
-run on it at the block level.
+generation must show each prompted object (its colour, as one object), and
+MagCache must run on it at the block level.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_codec_round_trip(bed: testbeds.Layout) -> None:
 
 
 @pytest.mark.parametrize("cfg", [1.0, 4.0])
-def test_generation_puts_the_prompted_objects_in_their_quadrants(bed, patcher, cfg: float) -> None:
+def test_generation_draws_each_prompted_object(bed, patcher, cfg: float) -> None:
     from comfyui_magcache.embedded import demo
 
     prompts = bed.prompts(8)
