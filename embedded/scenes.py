@@ -301,6 +301,25 @@ def read_layout(images: torch.Tensor, scenes: list[Scene]) -> LayoutReading:
     return LayoutReading(found=found, centre=centre, score=score)
 
 
+def prompt_reading(images: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
+    """Whether the pictures show what the prompts name, object shapes aside.
+
+    ``prompted_colour_px``: mean pixels of each prompted object's colour (a drawn object covers 45-64);
+    ``other_colour_px``: mean pixels of each colour no object of the prompt has; ``background_right``: share of
+    pictures whose brightness matches the prompted palette (light or dark stripes).
+    """
+    near = (images.float().unsqueeze(1) - _COLOUR_RGB.view(1, -1, 3, 1, 1)).norm(dim=2) < COLOUR_TOLERANCE
+    areas = near.sum((2, 3))  # (n, colours)
+    prompted = [float(areas[i, c]) for i, sc_ in enumerate(scenes) for _, c in sc_.objects]
+    other = [float(areas[i, c]) for i, sc_ in enumerate(scenes) for c in range(len(COLOURS))
+             if c not in {o[1] for o in sc_.objects}]
+    light = tuple(BACKGROUNDS).index("light")
+    threshold = sum(sum(v) / 2 for v in BACKGROUNDS.values()) / len(BACKGROUNDS)
+    right = [(float(images[i].mean()) > threshold) == (sc_.background == light) for i, sc_ in enumerate(scenes)]
+    return {"prompted_colour_px": sum(prompted) / len(prompted), "other_colour_px": sum(other) / max(len(other), 1),
+            "background_right": sum(right) / len(right)}
+
+
 def displacement(a: LayoutReading, b: LayoutReading) -> torch.Tensor:
     """Mean distance in pixels between the objects' centres in two readings of the same prompts.
 

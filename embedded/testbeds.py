@@ -139,7 +139,8 @@ class Layout(Testbed):
     def read(self, pixels: torch.Tensor, prompts: list[sc.Scene]) -> dict[str, float]:
         r = sc.read_layout(pixels, prompts)
         objects = sum(len(p.objects) for p in prompts)
-        return {"layout_score": float(r.score.mean()), "objects_found": float(r.found.sum()) / objects}
+        return {"layout_score": float(r.score.mean()), "objects_found": float(r.found.sum()) / objects,
+                **sc.prompt_reading(pixels, prompts)}
 
     def compare(self, reference: torch.Tensor, pixels: torch.Tensor, prompts: list[sc.Scene]) -> dict[str, float]:
         a, b = sc.read_layout(reference, prompts), sc.read_layout(pixels, prompts)

@@ -24,8 +24,8 @@ def test_the_reader_finds_every_drawn_object_and_its_centre():
 
 def test_the_noise_places_the_objects_and_the_prompt_does_not():
     scenes = sc.random_scenes(16, torch.Generator().manual_seed(0))
-    a, ca = _draw(1, scenes)
-    b, cb = _draw(2, scenes)
+    a, _ = _draw(1, scenes)
+    b, _ = _draw(2, scenes)
     again, _ = _draw(1, scenes)
     assert torch.equal(a, again)  # a pure function of the scenes and the generator
     moved = sc.displacement(sc.read_layout(a, scenes), sc.read_layout(b, scenes))
