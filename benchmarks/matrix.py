@@ -217,8 +217,8 @@ def _tune(bed: Any, patcher: Any, line: Line, prompts: list[Any], seeds: list[in
 def _curve(curve: Any) -> dict[str, Any]:
     rc = curve.roles["cond"]
     out = {"sigma": list(rc.sigma), "ratio": list(rc.ratio)}
-    if getattr(rc, "cos", None) is not None:
-        out["cos"] = list(rc.cos)
+    if rc.cosine_distance is not None:
+        out["cosine_distance"] = list(rc.cosine_distance)
     return out
 
 
