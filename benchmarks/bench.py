@@ -33,6 +33,11 @@ Sections:
    damped and undamped lines, the parabola, the Chebyshev fit) on the uniform
    schedule and on the speed target, at 1.5x-4x, over a matrix of samplers and
    step counts (``--protocols``), on the embedded model.
+3c. **matrix** (``--sections matrix``, ``matrix.py``): both trained testbeds
+   (``embedded/testbeds.py``) over a protocol matrix, the node's modes and
+   every peer of ``peers/`` at 1.5x-4x.
+m. **memory** (``--sections memory``): the most the cache held in a run, per
+   reuse, with the offload device and with CFG-Cache, from the node's summary.
 4. **gpu** (``--gpu``): Wan 2.1 1.3B's full architecture with random weights
    at 480p (81 frames, or fewer with ``--frames``), the preset at its
    recommended settings: seconds per step, total and speedup against plain.
