@@ -50,7 +50,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,25 +192,29 @@ def export(ema: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def train(args: argparse.Namespace) -> None:
-    import comfy.supported_models
+def fit(
+    model: torch.nn.Module,
+    args: argparse.Namespace,
+    batch_at: Callable[[int], dict[str, torch.Tensor]],
+    forward: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    describe: dict[str, Any],
+    name: str,
+    training: Callable[[], contextlib.AbstractContextManager[Any]],
+) -> None:
+    """The training loop both embedded models share: AdamW, warm-up, EMA, checkpoints, previews, the export.
 
-    wan_shift = comfy.supported_models.WAN21_T2V.sampling_settings["shift"]
-    if wan_shift != SHIFT:
-        raise SystemExit(f"ComfyUI samples Wan 2.1 with shift {wan_shift}, this script trains with {SHIFT}")
-    torch.set_num_threads(args.threads)
+    ``batch_at(step)`` is the step's batch (a pure function of the step, so a resumed run continues exactly);
+    ``forward(model, batch)`` the prediction compared with ``batch["target"]``; ``describe`` what the saved
+    file's metadata says of the model and its data, beside the run's own settings; ``training()`` the context
+    the steps run in (a rope with a backward, for instance).
+    """
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     ckpt_path = work / "checkpoint.pt"
-
-    codec_gen = torch.Generator().manual_seed(args.seed)
-    codec = cdc.fit_codec(codec_gen)
-    model = build_model()
-    init_weights(model, torch.Generator().manual_seed(args.seed + 1))
     ema = copy.deepcopy(model).requires_grad_(False)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name.endswith("modulation") else decay).append(p)
+    for pname, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or pname.endswith("modulation") else decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(0.9, 0.99),
@@ -224,27 +228,23 @@ def train(args: argparse.Namespace) -> None:
         start, history, elapsed = state["step"], state["history"], state["elapsed"]
         print(f"resumed at step {start}", flush=True)
     params = sum(p.numel() for p in model.parameters())
-    print(f"tiny Wan 2.1: {params / 1e6:.2f}M parameters, {ARCH}, {args.steps} steps of {args.batch}", flush=True)
+    print(f"{name}: {params / 1e6:.2f}M parameters, {describe['arch']}, {args.steps} steps of {args.batch}",
+          flush=True)
 
     def meta(step: int) -> dict[str, Any]:
         return {
-            "arch": ARCH, "params": params, "steps": step, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-            "shift": SHIFT, "p_empty": P_EMPTY, "train_seconds": round(elapsed), "threads": args.threads,
-            "torch": torch.__version__, "final_loss": history[-1][1] if history else None,
-            "data": {
-                "canvas": cdc.CANVAS, "frames": cdc.FRAMES, "patch": cdc.PATCH, "speed": cdc.SPEED,
-                "digits": cdc.NUM_DIGITS,
-            },
+            **describe, "params": params, "steps": step, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+            "train_seconds": round(elapsed), "threads": args.threads, "torch": torch.__version__,
+            "final_loss": history[-1][1] if history else None,
         }
 
-    codec.save(args.codec_out, {"seed": args.seed, "prompts": [cdc.prompt_text(i) for i in range(cdc.NUM_DIGITS + 1)]})
     running, t0 = None, time.time()
-    with trainable_rope():
+    with training():
         for step in range(start, args.steps):
-            b = make_batch(codec, args.batch, args.seed, step)
+            b = batch_at(step)
             for group in opt.param_groups:
                 group["lr"] = learning_rate(step, args.lr, args.warmup)
-            out = model(b["x"], b["timestep"], b["context"])
+            out = forward(model, b)
             loss = torch.nn.functional.mse_loss(out.float(), b["target"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -270,9 +270,30 @@ def train(args: argparse.Namespace) -> None:
                     ckpt_path,
                 )
                 export(ema, work / f"preview_{done}.safetensors", meta(done))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     export(ema, Path(args.out), meta(args.steps))
     (work / "history.json").write_text(json.dumps(history))
     print(f"wrote {args.out} and {args.codec_out} after {elapsed / 60:.1f} min", flush=True)
+
+
+def train(args: argparse.Namespace) -> None:
+    import comfy.supported_models
+
+    wan_shift = comfy.supported_models.WAN21_T2V.sampling_settings["shift"]
+    if wan_shift != SHIFT:
+        raise SystemExit(f"ComfyUI samples Wan 2.1 with shift {wan_shift}, this script trains with {SHIFT}")
+    torch.set_num_threads(args.threads)
+    codec = cdc.fit_codec(torch.Generator().manual_seed(args.seed))
+    model = build_model()
+    init_weights(model, torch.Generator().manual_seed(args.seed + 1))
+    codec.save(args.codec_out, {"seed": args.seed, "prompts": [cdc.prompt_text(i) for i in range(cdc.NUM_DIGITS + 1)]})
+    describe = {
+        "arch": ARCH, "shift": SHIFT, "p_empty": P_EMPTY,
+        "data": {"canvas": cdc.CANVAS, "frames": cdc.FRAMES, "patch": cdc.PATCH, "speed": cdc.SPEED,
+                 "digits": cdc.NUM_DIGITS},
+    }
+    fit(model, args, lambda step: make_batch(codec, args.batch, args.seed, step),
+        lambda m, b: m(b["x"], b["timestep"], b["context"]), describe, "tiny Wan 2.1", trainable_rope)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -38,10 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import json
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,7 +52,7 @@ if __package__ in (None, ""):  # run as a script: find ComfyUI and register the 
     _bootstrap.boot()
 
 from comfyui_magcache.embedded import scenes as sc
-from comfyui_magcache.embedded.train import _rope_with_backward, export, init_weights, learning_rate, shift_sigma
+from comfyui_magcache.embedded.train import _rope_with_backward, fit, init_weights, shift_sigma
 
 WORK_DIR = Path.home() / ".cache" / "comfyui-magcache" / "embedded-train-layout"
 ARCH: dict[str, Any] = {"hidden_size": 256, "depth": 2, "depth_single_blocks": 2, "mlp_ratio": 4.0}
@@ -120,6 +117,17 @@ def make_batch(codec: sc.SceneCodec, batch: int, seed: int, step: int) -> dict[s
             "y": codec.pooled(batch), "target": noise - x0}
 
 
+@contextlib.contextmanager
+def training() -> Iterator[None]:
+    """The training context: a rope with a backward, and copies of what autograd saves.
+
+    HunyuanVideo's blocks add their outputs in place (``img += ...``) onto tensors autograd saved;
+    saving copies lets the stock forward be differentiated unchanged.
+    """
+    with trainable_rope(), torch.autograd.graph.saved_tensors_hooks(torch.Tensor.clone, lambda t: t):
+        yield
+
+
 def train(args: argparse.Namespace) -> None:
     import comfy.supported_models
 
@@ -127,79 +135,17 @@ def train(args: argparse.Namespace) -> None:
     if shift != SHIFT:
         raise SystemExit(f"ComfyUI samples HunyuanVideo with shift {shift}, this script trains with {SHIFT}")
     torch.set_num_threads(args.threads)
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt_path = work / "checkpoint.pt"
-
     codec = sc.fit_codec(torch.Generator().manual_seed(args.seed))
     model = build_model()
     init_weights(model, torch.Generator().manual_seed(args.seed + 1), OUTPUTS)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim < 2 else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.99),
-    )
-    start, history, elapsed = 0, [], 0.0
-    if args.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        start, history, elapsed = state["step"], state["history"], state["elapsed"]
-        print(f"resumed at step {start}", flush=True)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"tiny HunyuanVideo: {params / 1e6:.2f}M parameters, {ARCH}, {args.steps} steps of {args.batch}", flush=True)
-
-    def meta(step: int) -> dict[str, Any]:
-        return {
-            "arch": ARCH, "params": params, "steps": step, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-            "shift": SHIFT, "p_empty": P_EMPTY, "train_seconds": round(elapsed), "threads": args.threads,
-            "torch": torch.__version__, "final_loss": history[-1][1] if history else None,
-            "data": {"canvas": sc.CANVAS, "patch": sc.PATCH, "shapes": sc.SHAPES, "colours": list(sc.COLOURS),
-                     "radius": sc.RADIUS, "jitter": sc.JITTER, "placed_by": "noise"},
-        }
-
     codec.save(args.codec_out, {"seed": args.seed})
-    running, t0 = None, time.time()
-    # HunyuanVideo's blocks add their outputs in place (``img += ...``) onto tensors autograd saved;
-    # saving copies lets the stock forward be differentiated unchanged.
-    with trainable_rope(), torch.autograd.graph.saved_tensors_hooks(torch.Tensor.clone, lambda t: t):
-        for step in range(start, args.steps):
-            b = make_batch(codec, args.batch, args.seed, step)
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(step, args.lr, args.warmup)
-            out = model(b["x"], b["timestep"], b["context"], y=b["y"])
-            loss = torch.nn.functional.mse_loss(out.float(), b["target"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            with torch.no_grad():
-                d = min(args.ema, (1.0 + step) / (10.0 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1.0 - d)
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            done = step + 1
-            if done % args.log_every == 0 or done == args.steps:
-                now = time.time()
-                elapsed += now - t0
-                t0 = now
-                history.append((done, round(running, 5), round(elapsed)))
-                print(f"step {done} loss {running:.4f} {elapsed / 60:.1f} min", flush=True)
-            if done % args.save_every == 0 or done == args.steps:
-                torch.save(
-                    {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": done,
-                     "history": history, "elapsed": elapsed},
-                    ckpt_path,
-                )
-                export(ema, work / f"preview_{done}.safetensors", meta(done))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    export(ema, Path(args.out), meta(args.steps))
-    (work / "history.json").write_text(json.dumps(history))
-    print(f"wrote {args.out} and {args.codec_out} after {elapsed / 60:.1f} min", flush=True)
+    describe = {
+        "arch": ARCH, "shift": SHIFT, "p_empty": P_EMPTY,
+        "data": {"canvas": sc.CANVAS, "patch": sc.PATCH, "shapes": sc.SHAPES, "colours": list(sc.COLOURS),
+                 "radius": sc.RADIUS, "jitter": sc.JITTER, "placed_by": "noise"},
+    }
+    fit(model, args, lambda step: make_batch(codec, args.batch, args.seed, step),
+        lambda m, b: m(b["x"], b["timestep"], b["context"], y=b["y"]), describe, "tiny HunyuanVideo", training)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
