@@ -226,17 +226,26 @@ def fit_codec(gen: torch.Generator, clips: int = 2048) -> Codec:
     the model will never fully remove, decodes to something invisible.
     """
     _, frames = random_clips(clips, gen)
-    p = to_patches(frames).reshape(-1, CHANNELS).double()
+    mean, basis, scale = patch_pca(to_patches(frames).reshape(-1, CHANNELS))
+    prompts = torch.randn((NUM_DIGITS + 1, PROMPT_TOKENS, TEXT_DIM), generator=gen)
+    return Codec(mean, basis, scale, prompts)
+
+
+def patch_pca(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, basis, scale)`` of patch vectors ``(n, d)``: principal directions as columns, largest first.
+
+    Computed in float64, returned in float32. Sign convention: the largest entry of each direction is
+    positive, so the fit is the same wherever eigh's arbitrary signs land. ``scale`` is each direction's
+    spread, floored at 5% of the largest (see :func:`fit_codec`).
+    """
+    p = patches.double()
     mean = p.mean(0)
     cov = (p - mean).T @ (p - mean) / (p.shape[0] - 1)
     eigval, eigvec = torch.linalg.eigh(cov)
     order = torch.argsort(eigval, descending=True)
     eigval, eigvec = eigval[order].clamp_min(0.0), eigvec[:, order]
-    # Sign convention: the largest entry of each direction is positive, so the
-    # fit is the same wherever eigh's arbitrary signs land.
-    signs = torch.sign(eigvec[eigvec.abs().argmax(0), torch.arange(CHANNELS)])
+    signs = torch.sign(eigvec[eigvec.abs().argmax(0), torch.arange(p.shape[1])])
     eigvec = eigvec * signs
     std = eigval.sqrt()
     scale = torch.maximum(std, 0.05 * std[0])
-    prompts = torch.randn((NUM_DIGITS + 1, PROMPT_TOKENS, TEXT_DIM), generator=gen)
-    return Codec(mean.float(), eigvec.float(), scale.float(), prompts)
+    return mean.float(), eigvec.float(), scale.float()

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual name)
 
+from .codec import patch_pca
+
 #: The testbed's files: a benchmark instrument, so kept out of ComfyUI's model lists (``diffusion_models/`` is
 #: registered with ComfyUI, this folder is not) and out of the registry archive (``.comfyignore``).
 MODEL_FILE = Path(__file__).resolve().parent / "testbeds" / "tiny_hunyuan_layout.safetensors"
@@ -237,16 +239,7 @@ def fit_codec(gen: torch.Generator, pictures: int = 1024) -> SceneCodec:
     to something invisible (as in ``codec.fit_codec``).
     """
     images, _ = render(random_scenes(pictures, gen), gen)
-    p = to_patches(images).reshape(-1, SIGNAL).double()
-    mean = p.mean(0)
-    cov = (p - mean).T @ (p - mean) / (p.shape[0] - 1)
-    eigval, eigvec = torch.linalg.eigh(cov)
-    order = torch.argsort(eigval, descending=True)
-    eigval, eigvec = eigval[order].clamp_min(0.0), eigvec[:, order]
-    signs = torch.sign(eigvec[eigvec.abs().argmax(0), torch.arange(SIGNAL)])
-    eigvec = eigvec * signs
-    std = eigval.sqrt()
-    scale = torch.maximum(std, 0.05 * std[0])
+    mean, basis, scale = patch_pca(to_patches(images).reshape(-1, SIGNAL))
 
     def draw(*shape: int) -> torch.Tensor:
         return torch.randn((*shape, TEXT_DIM), generator=gen)
@@ -255,7 +248,7 @@ def fit_codec(gen: torch.Generator, pictures: int = 1024) -> SceneCodec:
         "shape": draw(len(SHAPES)), "colour": draw(len(COLOURS)), "background": draw(len(BACKGROUNDS)),
         "none": draw(), "empty": draw(),
     }
-    return SceneCodec(mean.float(), eigvec.float(), scale.float(), words)
+    return SceneCodec(mean, basis, scale, words)
 
 
 @dataclass(frozen=True)
