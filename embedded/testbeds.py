@@ -38,8 +38,6 @@ class Testbed:
     name: str = ""
     #: The calibration protocol (MagCache Calibrate's one sample).
     calibration: demo.Settings = demo.Settings()
-    #: The cfg values this model is used at.
-    cfgs: tuple[float, ...] = ()
     #: Detected model config class name (what ComfyUI's loader must recognise).
     config_name: str = ""
     model_file: Path = Path()
@@ -86,7 +84,6 @@ class Digits(Testbed):
 
     name = "digits"
     calibration = demo.Settings(steps=50, cfg=5.0, sampler="euler", scheduler="simple")
-    cfgs = (5.0,)
     config_name = "WAN21_T2V"
     model_file = cdc.MODEL_FILE
 
@@ -116,7 +113,6 @@ class Layout(Testbed):
     name = "layout"
     # Calibrated under CFG, so the curve has both branches; a cfg-1 run uses the conditional one.
     calibration = demo.Settings(steps=30, cfg=4.0, sampler="euler", scheduler="simple")
-    cfgs = (1.0, 4.0)
     config_name = "HunyuanVideo"
     model_file = sc.MODEL_FILE
 

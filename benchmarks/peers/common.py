@@ -9,7 +9,7 @@ sigmas), installed through the same wrappers MagCache uses
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -41,7 +41,6 @@ class Context:
 
     curve: Any
     family: Any
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

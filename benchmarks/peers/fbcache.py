@@ -34,9 +34,8 @@ def relative_change(now: torch.Tensor, before: torch.Tensor) -> float:
 class FirstBlockRun:
     """One sampling run's state, made fresh by the run's wrapper: what the last computed call left, per shape."""
 
-    def __init__(self, threshold: float, stacks: tuple[Any, ...]) -> None:
+    def __init__(self, threshold: float) -> None:
         self.threshold = threshold
-        self.stacks = stacks
         self.reference: dict[Any, torch.Tensor] = {}  # first block's residual at the last computed call
         self.rest: dict[Any, torch.Tensor] = {}  # what the other blocks added to the image tokens then
         self.skipping = False
@@ -127,7 +126,7 @@ def attach(patcher: Any, threshold: float) -> Any:
     model.model_options = install_block_patches(model.model_options, dm, stacks, make_patch)
 
     def outer(executor: Any, *args: Any, **kwargs: Any) -> Any:
-        run_ref[0] = FirstBlockRun(threshold, stacks)
+        run_ref[0] = FirstBlockRun(threshold)
         try:
             return executor(*args, **kwargs)
         finally:

@@ -63,7 +63,7 @@ def test_taylorseer_order_two_uses_the_papers_backward_differences():
 
 
 def test_fbcache_skips_the_rest_only_while_the_first_blocks_residual_stays_close():
-    run = fbcache.FirstBlockRun(threshold=0.1, stacks=())
+    run = fbcache.FirstBlockRun(threshold=0.1)
     rest = torch.full((1, 4, 2), 3.0)
 
     def step(x: torch.Tensor, r0: float) -> tuple[dict[str, torch.Tensor], bool]:
@@ -84,7 +84,7 @@ def test_fbcache_skips_the_rest_only_while_the_first_blocks_residual_stays_close
 
 
 def test_fbcache_cuts_a_joint_stack_to_the_image_tokens():
-    run = fbcache.FirstBlockRun(threshold=0.5, stacks=())
+    run = fbcache.FirstBlockRun(threshold=0.5)
     run.tokens = Tokens.HEAD
     run.first({"img": torch.zeros(1, 4, 2)}, lambda a: {"img": a["img"] + 1.0}, "img")
     joint = torch.cat((torch.full((1, 4, 2), 5.0), torch.full((1, 3, 2), -7.0)), dim=1)  # image tokens first
