@@ -73,6 +73,7 @@ import itertools
 
 import lineplot
 import matrix
+from merging import MERGED, merge
 
 from comfyui_magcache.cache import magcache as engine
 from comfyui_magcache.cache.config import MagCacheConfig, Reuse, When
@@ -810,31 +811,6 @@ def report(command: str) -> None:
         minutes = fc.get("section_seconds", 0) / 60
         lines += [*forecast_table(fc), "", f"Command: `{fc.get('command')}` ({minutes:.0f} minutes on this machine)."]
     (RESULTS / "RESULTS.md").write_text("\n".join(lines) + "\n")
-
-
-#: Sections whose ``--append`` keeps an earlier run's points: what identifies a point (a later one replaces it).
-MERGED: dict[str, tuple[str, ...]] = {
-    "quality": ("method",),
-    "forecasts": ("protocol", "method", "speed_asked"),
-    "matrix": ("testbed", "protocol", "method", "speed_asked"),
-}
-
-
-def merge(earlier: dict[str, Any], now: dict[str, Any], key: tuple[str, ...]) -> dict[str, Any]:
-    """``now``'s points over ``earlier``'s (same key: ``now`` wins); lists and tables joined; times added."""
-    def ident(p: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(p[k] for k in key)
-
-    fresh = {ident(p) for p in now["points"]}
-    out = {**earlier, **now, "points": [p for p in earlier["points"] if ident(p) not in fresh] + now["points"]}
-    for field in ("protocols", "speeds"):
-        if field in earlier and field in now:
-            out[field] = sorted(set(earlier[field]) | set(now[field]), key=str)
-    if "testbeds" in earlier:
-        out["testbeds"] = {**earlier["testbeds"], **now["testbeds"]}
-    out["section_seconds"] = earlier.get("section_seconds", 0.0) + now.get("section_seconds", 0.0)
-    out["command"] = f"{earlier.get('command')}; then {now['command']}"
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

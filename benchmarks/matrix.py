@@ -80,6 +80,9 @@ def node_lines(curve_name: str) -> list[Line]:
         Line("node default, first 20% computed", node(**first_fifth)),
         # What a user who never calibrated gets: the family's published curve (and its 20% retention).
         Line("node default, published curve of the family", node(AUTO)),
+        # The default with at most two reused calls in a row (the curve recommends three).
+        Line("node default, at most 2 skips in a row", node(**{**first_fifth, "retention_ratio": RECOMMENDED,
+                                                               "max_consecutive_skips": 2})),
         Line("node: speed target, forecast: parabola", node(reuse=Reuse.QUADRATIC.value)),
         Line("node: speed target, plain reuse", node(reuse=Reuse.PLAIN.value)),
         Line("node: speed target + CFG-Cache", node(cfg_cache=True), needs_cfg=True),
