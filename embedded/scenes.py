@@ -262,11 +262,14 @@ class LayoutReading:
 
 #: A pixel belongs to a colour when it is this close to it (RGB distance). An object counts as found
 #: when its colour covers at least this share of the smallest shape's area, and this share of the colour's
-#: pixels lie within WINDOW px of their centre (one object, not colour scattered over the canvas).
+#: pixels lie within WINDOW px of their centre (one object, not colour scattered over the canvas). WINDOW
+#: is the radius plus a margin for the triangle's off-centre corners, not a multiple of it: at twice a
+#: 7.5 px radius (a larger-object world tried in training) the window spanned 30 of the canvas's 32 px and
+#: counted colour scattered in patches as an object.
 COLOUR_TOLERANCE = 0.3
 FOUND_AREA = 0.5
 FOUND_SHARE = 0.8
-WINDOW = 2 * RADIUS
+WINDOW = RADIUS + 2.0
 
 
 def read_layout(images: torch.Tensor, scenes: list[Scene]) -> LayoutReading:

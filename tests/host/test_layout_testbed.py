@@ -56,13 +56,20 @@ def test_codec_round_trip(bed: testbeds.Layout) -> None:
     assert float(sc.read_layout(images, scenes).score.min()) == 1.0  # the reader finds every drawn object
 
 
+_READINGS: dict[float, dict[str, float]] = {}
+
+
 def _read(bed, patcher, cfg: float) -> dict[str, float]:
+    """What 8 uncached generations at ``cfg`` show, read once per module run (two tests look at it)."""
     from comfyui_magcache.embedded import demo
 
+    if cfg in _READINGS:
+        return _READINGS[cfg]
     prompts = bed.prompts(8)
     settings = demo.Settings(steps=20, cfg=cfg, sampler="euler", scheduler="simple")
     pixels = torch.stack([bed.generate(patcher, p, 7 + i, settings).pixels for i, p in enumerate(prompts)])
-    return bed.read(pixels, prompts)
+    _READINGS[cfg] = bed.read(pixels, prompts)
+    return _READINGS[cfg]
 
 
 @pytest.mark.parametrize("cfg", [1.0, 4.0])
@@ -73,10 +80,12 @@ def test_generation_shows_the_prompted_colours_and_background_and_no_other_colou
     assert reading["background_right"] == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped layout model scatters each object's colour (README)")
-def test_generation_draws_each_prompted_object_as_one_object(bed, patcher) -> None:
-    """Strict: when a better-trained layout model draws coherent objects, this passes and README must be updated."""
-    assert _read(bed, patcher, 1.0)["layout_score"] >= 0.75
+@pytest.mark.xfail(strict=True, reason="the shipped layout model scatters each object's colour in patches (README)")
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_generation_draws_each_prompted_object_as_one_object(bed, patcher, cfg: float) -> None:
+    """Strict: the benchmark's movement figures stand on this; when a model that draws whole objects ships, it
+    passes and README must be updated."""
+    assert _read(bed, patcher, cfg)["layout_score"] >= 0.75
 
 
 def test_magcache_skips_on_it_at_the_block_level(bed, patcher) -> None:
